@@ -1,0 +1,17 @@
+"""Edit datasets: readers for ZsRE/CounterFact, the embedded geofacts, tokenisation and the split store."""
+
+from hiedit.data.records import QA, EditRecord
+from hiedit.data.store import read_split, write_split
+from hiedit.data.tokenize import Batch, answer_positions, encode_qa, encode_qa_pair, encode_role
+
+__all__ = [
+    "QA",
+    "Batch",
+    "EditRecord",
+    "answer_positions",
+    "encode_qa",
+    "encode_qa_pair",
+    "encode_role",
+    "read_split",
+    "write_split",
+]
