@@ -1,0 +1,5 @@
+"""Allow ``python -m hiedit``."""
+
+from hiedit.cli import main
+
+raise SystemExit(main())
