@@ -1,5 +1,6 @@
 """Edit datasets: readers for ZsRE/CounterFact, the embedded geofacts, tokenisation and the split store."""
 
+from hiedit.data.loading import load_records
 from hiedit.data.records import QA, EditRecord
 from hiedit.data.store import read_split, write_split
 from hiedit.data.tokenize import Batch, answer_positions, encode_qa, encode_qa_pair, encode_role
@@ -12,6 +13,7 @@ __all__ = [
     "encode_qa",
     "encode_qa_pair",
     "encode_role",
+    "load_records",
     "read_split",
     "write_split",
 ]

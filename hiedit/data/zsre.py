@@ -1,0 +1,48 @@
+"""Reader for ZsRE in the MEND format (``zsre_mend_train.json`` / ``zsre_mend_eval.json``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hiedit.data.raw import RecordFields, load_json_list, parse_records
+from hiedit.data.records import QA, EditRecord
+
+FORMAT = "zsre"
+# MEND-format files carry no relation; geofacts adds an optional "relation" key that others ignore.
+UNKNOWN_RELATION = "unknown"
+
+
+def parse_zsre_record(fields: RecordFields, record_id: str) -> EditRecord:
+    """One MEND-format record → edit (src, alt), equiv (rephrase, alt), unrel (loc + "?", loc_ans).
+
+    The target key is ``alt`` (some repackaged files call it ``ans``). ``loc`` keeps its literal
+    ``"nq question: "`` prefix, as the reference does.
+    """
+    target = fields.text(fields.first("alt", "ans"))
+    relation = fields.text("relation") if fields.has("relation") else UNKNOWN_RELATION
+    if fields.has("answers"):
+        fields.texts("answers")  # unused, but a wrong type means the file is not what we think
+    return EditRecord(
+        record_id=record_id,
+        subject=fields.text("subject"),
+        relation=relation,
+        format=FORMAT,
+        edit=QA(fields.text("src"), target),
+        equiv=QA(fields.text("rephrase"), target),
+        unrel=QA(fields.text("loc") + "?", fields.text("loc_ans")),
+    )
+
+
+def read_zsre(path: str | os.PathLike[str], *, drop_malformed: bool = False) -> list[EditRecord]:
+    """All records of a ZsRE MEND-format JSON file, in file order (ids ``<file stem>:<index>``)."""
+    path = Path(path)
+    raw = load_json_list(path)
+    return list(
+        parse_records(
+            path.name,
+            raw,
+            lambda f: parse_zsre_record(f, f"{path.stem}:{f.index}"),
+            drop_malformed=drop_malformed,
+        )
+    )
