@@ -1,0 +1,76 @@
+# Configuration validation, the resolved setup and helper functions shared by every stage.
+import json
+
+from hiedit.config import (
+    job_config,
+    resolve_setup,
+    trained_variant,
+    validate_config,
+)
+
+
+validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+SETUP = resolve_setup(config)
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9][A-Za-z0-9.-]*",
+    dataset="[A-Za-z0-9][A-Za-z0-9.-]*",
+    variant="[a-z0-9-]+",
+    seed="[0-9]+",
+    split="train|eval",
+
+
+def model_entry(name):
+    return config["models"][name]
+
+
+def model_inputs(name):
+    """The local model folder a job needs (empty for hub and random models)."""
+    entry = model_entry(name)
+    return [entry["path"]] if entry["source"] == "local" else []
+
+
+def all_model_inputs():
+    return sorted({path for m in SETUP["models"] for path in model_inputs(m)})
+
+
+def all_prepared_data():
+    return expand(
+        "results/data/{dataset}/{split}.parquet",
+        dataset=SETUP["datasets"],
+        split=["train", "eval"],
+    )
+
+
+def run_config(wildcards):
+    """The JSON configuration of one train/evaluate job (a param, so edits rerun it)."""
+    return json.dumps(
+        job_config(
+            config,
+            SETUP,
+            wildcards.model,
+            wildcards.dataset,
+            wildcards.variant,
+            int(wildcards.seed),
+        ),
+        sort_keys=True,
+    )
+
+
+def checkpoint_of(wildcards):
+    """The trained editor a variant is evaluated with (hiedit-rand and static-k reuse hiedit's)."""
+    return "results/editors/{model}/{dataset}/{variant}/seed{seed}/editor.pt".format(
+        model=wildcards.model,
+        dataset=wildcards.dataset,
+        variant=trained_variant(wildcards.variant),
+        seed=wildcards.seed,
+    )
+
+
+def trained_variants():
+    return sorted({trained_variant(v) for v in SETUP["variants"]})
+
+
+def is_gpu_model(name):
+    return model_entry(name)["source"] == "hub"

@@ -1,0 +1,48 @@
+# Sequential evaluation (method.md §8) and the tidy table that gathers every run.
+
+
+rule evaluate:
+    input:
+        model=lambda w: model_inputs(w.model),
+        eval="results/data/{dataset}/eval.parquet",
+        editor=checkpoint_of,
+    output:
+        metrics="results/eval/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv",
+        summary="results/eval/{model}/{dataset}/{variant}/seed{seed}/metrics.json",
+        per_edit="results/eval/{model}/{dataset}/{variant}/seed{seed}/per_edit.csv",
+        curve="results/eval/{model}/{dataset}/{variant}/seed{seed}/curve.csv",
+    params:
+        cfg=run_config,
+        out_dir=subpath(output.metrics, parent=True),
+    log:
+        "results/logs/evaluate/{model}/{dataset}/{variant}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{model}/{dataset}/{variant}/seed{seed}.tsv"
+    conda:
+        "../../envs/hiedit.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 3000,
+        gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
+    shell:
+        "python -m hiedit evaluate --run-config {params.cfg:q} --eval-data {input.eval}"
+        " --checkpoint {input.editor} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule gather_metrics:
+    input:
+        expand(
+            "results/eval/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv",
+            model=SETUP["models"],
+            dataset=SETUP["datasets"],
+            variant=SETUP["variants"],
+            seed=SETUP["seeds"],
+        ),
+    output:
+        table="results/tables/metrics.csv",
+    log:
+        "results/logs/gather_metrics.log",
+    conda:
+        "../../envs/hiedit.yaml"
+    shell:
+        "python -m hiedit evaluate gather --out {output.table} {input} > {log} 2>&1"
