@@ -1,5 +1,6 @@
 # Configuration validation, the resolved setup and helper functions shared by every stage.
 import json
+import os
 
 from hiedit.config import (
     job_config,
@@ -7,7 +8,6 @@ from hiedit.config import (
     trained_variant,
     validate_config,
 )
-
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 SETUP = resolve_setup(config)
@@ -19,6 +19,35 @@ wildcard_constraints:
     variant="[a-z0-9-]+",
     seed="[0-9]+",
     split="train|eval",
+
+
+GEOFACTS_RAW = "results/data/geofacts/raw/{format}_{split}.json"
+
+
+def dataset_entry(name):
+    return config["datasets"][name]
+
+
+def raw_inputs(wildcards):
+    """Raw files of a dataset: geofacts train/eval, ZsRE train/eval, or one CounterFact file."""
+    entry = dataset_entry(wildcards.dataset)
+    if entry["source"] == "geofacts":
+        return {
+            split: GEOFACTS_RAW.format(format=entry["format"], split=split)
+            for split in ("train", "eval")
+        }
+    if "url" in entry:
+        return {"all": f"resources/data/{wildcards.dataset}/all.json"}
+    return {
+        split: f"resources/data/{wildcards.dataset}/{split}.json"
+        for split in ("train", "eval")
+    }
+
+
+def raw_input_flags(wildcards, input):
+    if "all" in input.keys():
+        return f"--input {input.all} --split-by-subject"
+    return f"--train-input {input.train} --eval-input {input.eval}"
 
 
 def model_entry(name):

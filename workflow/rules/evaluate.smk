@@ -11,9 +11,6 @@ rule evaluate:
         summary="results/eval/{model}/{dataset}/{variant}/seed{seed}/metrics.json",
         per_edit="results/eval/{model}/{dataset}/{variant}/seed{seed}/per_edit.csv",
         curve="results/eval/{model}/{dataset}/{variant}/seed{seed}/curve.csv",
-    params:
-        cfg=run_config,
-        out_dir=subpath(output.metrics, parent=True),
     log:
         "results/logs/evaluate/{model}/{dataset}/{variant}/seed{seed}.log",
     benchmark:
@@ -24,6 +21,9 @@ rule evaluate:
     resources:
         mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 3000,
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
+    params:
+        cfg=run_config,
+        out_dir=subpath(output.metrics, parent=True),
     shell:
         "python -m hiedit evaluate --run-config {params.cfg:q} --eval-data {input.eval}"
         " --checkpoint {input.editor} --out-dir {params.out_dir} > {log} 2>&1"

@@ -8,8 +8,6 @@ rule train_editor:
     output:
         editor="results/editors/{model}/{dataset}/{variant}/seed{seed}/editor.pt",
         curve="results/editors/{model}/{dataset}/{variant}/seed{seed}/train_log.csv",
-    params:
-        cfg=run_config,
     log:
         "results/logs/train_editor/{model}/{dataset}/{variant}/seed{seed}.log",
     benchmark:
@@ -20,6 +18,8 @@ rule train_editor:
     resources:
         mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 3000,
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
+    params:
+        cfg=run_config,
     shell:
         "python -m hiedit train --run-config {params.cfg:q} --train-data {input.train}"
         " --out {output.editor} --log-curve {output.curve} > {log} 2>&1"
