@@ -1,5 +1,6 @@
 """Edit datasets: readers for ZsRE/CounterFact, the embedded geofacts, tokenisation and the split store."""
 
+from hiedit.data.geofacts import build_geofacts, write_geofacts
 from hiedit.data.loading import load_records
 from hiedit.data.records import QA, EditRecord
 from hiedit.data.store import read_split, write_split
@@ -10,10 +11,12 @@ __all__ = [
     "Batch",
     "EditRecord",
     "answer_positions",
+    "build_geofacts",
     "encode_qa",
     "encode_qa_pair",
     "encode_role",
     "load_records",
     "read_split",
+    "write_geofacts",
     "write_split",
 ]

