@@ -1,0 +1,197 @@
+"""Teacher-forced metrics on hand-made cases: ZsRE token accuracy, CounterFact logit and probability rules."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from hiedit.data import QA, EditRecord
+from hiedit.data.tokenize import IGNORE_INDEX
+from hiedit.evaluation.metrics import (
+    answer_position_stats,
+    metric_columns,
+    score_records,
+    summarize,
+)
+from hiedit.models.tiny import build_byte_tokenizer
+
+X = IGNORE_INDEX
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_byte_tokenizer()
+
+
+class BigramLM(torch.nn.Module):
+    """A fake causal LM whose logits at position i are ``table[input_ids[i]]``: outputs set by hand."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(vocab_size, vocab_size), requires_grad=False)
+        self.calls = 0
+
+    def set(self, tok, previous: str, following: str, value: float) -> None:
+        self.table.data[_id(tok, previous), _id(tok, following)] = value
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        self.calls += 1
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def _id(tok, char: str) -> int:
+    (token,) = tok(char, add_special_tokens=False)["input_ids"]
+    return token
+
+
+def _zsre(i: int, prompt: str, target: str, loc: str = "q", loc_ans: str = "r") -> EditRecord:
+    return EditRecord(
+        f"z{i}", "s", "P1", "zsre", QA(prompt, target), QA(prompt, target), QA(loc, loc_ans)
+    )
+
+
+def _cf(i: int, prompt: str, new: str, true: str) -> EditRecord:
+    return EditRecord(
+        f"c{i}",
+        "s",
+        "P1",
+        "counterfact",
+        QA(prompt, new, true),
+        QA(prompt, new, true),
+        QA(prompt, true, new),
+    )
+
+
+def test_position_stats_by_hand():
+    logits = torch.tensor(
+        [
+            [[0.0, 0, 0], [1, 3, 2], [5, 0, 1], [0, 0, 0]],
+            [[0.0, 0, 0], [0, 0, 0], [0, 1, 4], [0, 0, 0]],
+        ]
+    )
+    labels = torch.tensor([[X, 1, 2, X], [X, X, 1, X]])
+    old = torch.tensor([[X, 2, X, X], [X, X, 2, X]])
+    stats = answer_position_stats(logits, labels, old)
+    assert stats.n_answer.tolist() == [2, 1]
+    # row 0: argmax 1 (correct), argmax 0 vs label 2 (wrong); row 1: argmax 2 vs label 1 (wrong).
+    assert stats.n_correct.tolist() == [1, 0]
+    assert stats.predictions == [[1, 0], [2]]
+    expected = [
+        logits[0, 1].log_softmax(-1)[1] + logits[0, 2].log_softmax(-1)[2],
+        logits[1, 2].log_softmax(-1)[1],
+    ]
+    assert stats.log_prob.tolist() == pytest.approx([float(v) for v in expected], abs=1e-6)
+    # old tokens only at the first answer position of each row: 3 > 2 yes, 1 > 4 no.
+    assert stats.n_aligned.tolist() == [1, 1]
+    assert stats.n_preferred.tolist() == [1, 0]
+
+
+def test_logit_rule_is_strict_and_uses_aligned_positions_only():
+    logits = torch.tensor([[[0.0, 2, 2, 9], [0, 0, 0, 0], [9, 0, 0, 0]]])
+    labels = torch.tensor([[1, 3, 0]])  # a three-token new answer
+    old = torch.tensor([[2, X, X]])  # a one-token old answer: one aligned position
+    stats = answer_position_stats(logits, labels, old)
+    # logit(new)=2 equals logit(old)=2: a tie is a failure.
+    assert stats.n_aligned.tolist() == [1]
+    assert stats.n_preferred.tolist() == [0]
+    identical = answer_position_stats(logits, labels, torch.tensor([[1, X, X]]))
+    assert identical.n_preferred.tolist() == [0]
+
+
+def test_zsre_token_accuracy(tok):
+    lm = BigramLM(len(tok))
+    # answer " cd" after prompt "ab": positions predict " " (after b), "c" (after " "), "d" (after c)
+    lm.set(tok, "b", " ", 5.0)
+    lm.set(tok, " ", "c", 5.0)
+    lm.set(tok, "c", "e", 5.0)  # wrong: predicts e instead of d
+    # unrel "q" -> " r": only " " predicted (after q); "r" after " " is wrong (c wins)
+    lm.set(tok, "q", " ", 5.0)
+    records = [_zsre(0, "ab", "cd"), _zsre(1, "ab", "c")]
+    scores = score_records(lm, tok, records, batch_size=4)
+    assert list(scores.frame.columns) == metric_columns("zsre", agreement=False)
+    assert scores.frame["efficacy"].tolist() == pytest.approx([2 / 3, 1.0])
+    assert scores.frame["generalization"].tolist() == pytest.approx([2 / 3, 1.0])
+    assert scores.frame["specificity"].tolist() == pytest.approx([0.5, 0.5])
+    assert summarize(scores.frame)["efficacy"] == pytest.approx(5 / 6)
+    assert scores.predictions[0] == [_id(tok, " "), _id(tok, "c")]
+    assert scores.n_forwards == math.ceil(6 / 4)
+
+
+def test_specificity_agreement_against_reference(tok):
+    lm = BigramLM(len(tok))
+    lm.set(tok, "q", " ", 5.0)
+    records = [_zsre(0, "ab", "cd", loc="q", loc_ans="rs")]
+    unedited = score_records(lm, tok, records, batch_size=8)
+    same = score_records(lm, tok, records, batch_size=8, reference=unedited.predictions)
+    assert same.frame["specificity_agreement"].tolist() == [1.0]
+    changed = [list(unedited.predictions[0])]
+    changed[0][1] = _id(tok, "z")
+    partly = score_records(lm, tok, records, batch_size=8, reference=changed)
+    assert partly.frame["specificity_agreement"].tolist() == pytest.approx([2 / 3])
+    with pytest.raises(ValueError, match="reference predictions"):
+        score_records(lm, tok, records, batch_size=8, reference=[[1]])
+
+
+def test_counterfact_logit_and_probability_rules(tok):
+    lm = BigramLM(len(tok))
+    # new " ab" vs true " c": aligned positions " "/" " (tie: fails) and "a"/"c" after " ".
+    lm.set(tok, " ", "a", 2.0)
+    lm.set(tok, " ", "c", 1.0)
+    lm.set(tok, "a", "b", 20.0)  # P(b | a) ~ 1, so P(" ab") > P(" c")
+    records = [_cf(0, "x", "ab", "c")]
+    scores = score_records(lm, tok, records, batch_size=3)
+    frame = scores.frame
+    assert list(frame.columns) == metric_columns("counterfact", agreement=False)
+    assert frame["efficacy"].tolist() == [0.5]
+    assert frame["efficacy_prob"].tolist() == [1.0]
+    # unrel swaps the roles: true " c" against new " ab"; "c" loses to "a" and the tie fails.
+    assert frame["specificity"].tolist() == [0.0]
+    assert frame["specificity_prob"].tolist() == [0.0]
+    # six teacher-forced tuples (three roles, new and old pass each) in batches of 3.
+    assert scores.n_forwards == 2
+
+    lm.set(tok, "a", "b", 0.0)  # now P(" ab") = P(a|' ') P(b|a) < P(c|' ')? check by hand
+    p_space = lm.table[_id(tok, "x")].log_softmax(-1)[_id(tok, " ")]
+    row = lm.table[_id(tok, " ")].log_softmax(-1)
+    new = p_space + row[_id(tok, "a")] + lm.table[_id(tok, "a")].log_softmax(-1)[_id(tok, "b")]
+    old = p_space + row[_id(tok, "c")]
+    assert bool(new > old) is False
+    again = score_records(lm, tok, records, batch_size=3).frame
+    assert again["efficacy_prob"].tolist() == [0.0]
+    assert again["efficacy"].tolist() == [0.5]  # the per-position rule is unchanged
+
+
+def test_forward_count_is_linear_and_batches_do_not_change_results(tok):
+    from hiedit.models.tiny import build_tiny_llama
+
+    model = build_tiny_llama(
+        {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 128,
+        },
+        len(tok),
+        0,
+    )
+    records = [
+        _cf(i, f"The {i}th city lies in", "Ruritania" if i % 2 else "Oz", "Freedonia"[: 3 + i])
+        for i in range(7)
+    ]
+    one = score_records(model, tok, records, batch_size=1)
+    many = score_records(model, tok, records, batch_size=5)
+    assert one.n_forwards == 6 * 7
+    assert many.n_forwards == math.ceil(6 * 7 / 5)
+    assert one.predictions == many.predictions
+    assert one.frame.equals(many.frame)
+
+
+def test_mixed_formats_are_refused(tok):
+    lm = BigramLM(len(tok))
+    with pytest.raises(ValueError, match="mix formats"):
+        score_records(lm, tok, [_zsre(0, "a", "b"), _cf(1, "a", "b", "c")], batch_size=2)
