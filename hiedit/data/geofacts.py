@@ -441,9 +441,11 @@ def write_geofacts(
     seed: int,
     n_eval: int = DEFAULT_N_EVAL,
     max_per_relation: int | None = DEFAULT_MAX_PER_RELATION,
+    stats_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Write ``{zsre,counterfact}_{train,eval}.json`` and ``stats.json`` into ``out_dir``
-    (each atomically); returns the stats (parameters and record counts per relation)."""
+    """Write ``{zsre,counterfact}_{train,eval}.json`` into ``out_dir`` and the stats (parameters
+    and record counts per relation) to ``stats_path`` (default ``out_dir/stats.json``), each
+    atomically; returns the stats."""
     out_dir = Path(out_dir)
     records = build_geofacts(seed, n_eval, max_per_relation)
     for key, name in RAW_FILES.items():
@@ -459,6 +461,6 @@ def write_geofacts(
         },
         "per_relation": counts,
     }
-    write_json(out_dir / "stats.json", stats)
+    write_json(stats_path if stats_path is not None else out_dir / "stats.json", stats)
     log.info("wrote geofacts (seed %d) to %s", seed, out_dir)
     return stats

@@ -32,7 +32,8 @@ def split_by_subject(
     """(train, eval): subjects in a seeded random order go to eval until it holds ``n_eval`` records.
 
     Both keep file order. A subject is never on both sides; records of the last eval subject
-    beyond ``n_eval`` are dropped rather than moved to train.
+    beyond ``n_eval`` are dropped rather than moved to train. Asking for more than there is puts
+    everything in eval (with a warning).
     """
     subjects = sorted({r.subject for r in records})
     random.Random(f"split-by-subject:{seed}").shuffle(subjects)
@@ -47,7 +48,11 @@ def split_by_subject(
         count += per_subject[subject]
     eval_records = [r for r in records if r.subject in eval_subjects][:n_eval]
     if len(eval_records) < n_eval:
-        raise DataError(f"asked for {n_eval} eval records but only {len(records)} are available")
+        log.warning(
+            "%d records in all, fewer than n_eval=%d: every record goes to eval",
+            len(records),
+            n_eval,
+        )
     train_records = [r for r in records if r.subject not in eval_subjects]
     return train_records, eval_records
 
@@ -66,8 +71,10 @@ def prepare_splits(
     """Read raw files with the real readers and build subject-disjoint train/eval splits.
 
     Either one ``input`` split by subject (``n_eval`` required), or a ``train_input`` and an
-    ``eval_input`` used as given. Sizes truncate in file order. Train records whose subject is
-    in the eval split are removed (and counted) so the two never share a subject.
+    ``eval_input`` used as given. ``n_train`` and ``n_eval`` are upper bounds applied in file
+    order (a file with fewer records is used whole, with a warning: the paper's 20,000-edit
+    stream is longer than some eval files). Train records whose subject is in the eval split are
+    removed (and counted) so the two never share a subject.
     """
     if input is not None:
         if train_input is not None or eval_input is not None:
@@ -83,8 +90,11 @@ def prepare_splits(
         eval_ = load_records(eval_input, format, seed, drop_malformed=drop_malformed)
         if n_eval is not None:
             if len(eval_) < n_eval:
-                raise DataError(
-                    f"{Path(eval_input).name}: {len(eval_)} records, fewer than n_eval={n_eval}"
+                log.warning(
+                    "%s: %d records, fewer than n_eval=%d",
+                    Path(eval_input).name,
+                    len(eval_),
+                    n_eval,
                 )
             eval_ = eval_[:n_eval]
     eval_subjects = {r.subject for r in eval_}
@@ -94,9 +104,7 @@ def prepare_splits(
         log.info("removed %d train records whose subject is in the eval split", dropped)
     if n_train is not None:
         if len(kept) < n_train:
-            raise DataError(
-                f"only {len(kept)} train records available, fewer than n_train={n_train}"
-            )
+            log.warning("%d train records, fewer than n_train=%d", len(kept), n_train)
         kept = kept[:n_train]
     return Prepared(train=kept, eval=eval_, dropped_shared_subject=dropped)
 
