@@ -83,7 +83,9 @@ def lowrank_update_(
     if mask is None:
         selected = range(len(weights))
     else:
-        selected = [i for i, m in enumerate(mask.tolist() if isinstance(mask, torch.Tensor) else mask) if m]
+        selected = [
+            i for i, m in enumerate(mask.tolist() if isinstance(mask, torch.Tensor) else mask) if m
+        ]
     for index in selected:
         if index < len(weights) and isinstance(weights[index], torch.Tensor):
             device = weights[index].device

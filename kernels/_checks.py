@@ -57,7 +57,9 @@ def _check_factor(
     if not isinstance(factor, torch.Tensor):
         raise TypeError(f"{name}[{index}] must be a tensor, got {type(factor).__name__}")
     if factor.dim() != 2:
-        raise ValueError(f"{name}[{index}] must be 2-D (n x {width}), got shape {tuple(factor.shape)}")
+        raise ValueError(
+            f"{name}[{index}] must be 2-D (n x {width}), got shape {tuple(factor.shape)}"
+        )
     if factor.shape[1] != width:
         raise ValueError(
             f"{name}[{index}] has shape {tuple(factor.shape)} but weights[{index}] "
@@ -103,7 +105,9 @@ def validate(
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"weights[{index}] must be a tensor, got {type(weight).__name__}")
         if weight.dim() != 2:
-            raise ValueError(f"weights[{index}] must be 2-D (d_out x d_in), got {tuple(weight.shape)}")
+            raise ValueError(
+                f"weights[{index}] must be 2-D (d_out x d_in), got {tuple(weight.shape)}"
+            )
         if weight.dtype not in WEIGHT_DTYPES:
             raise TypeError(
                 f"weights[{index}] has dtype {weight.dtype}; supported: float32, bfloat16, float16"

@@ -71,8 +71,8 @@ class KernelConfig:
 CONFIGS: tuple[tuple[int, KernelConfig], ...] = (
     (16, KernelConfig(64, 128, 16, num_warps=4, num_stages=2)),
     (32, KernelConfig(64, 128, 32, num_warps=4, num_stages=2)),
-    (128, KernelConfig(128, 128, 32, num_warps=8, num_stages=3)),
-    (1 << 62, KernelConfig(128, 128, 64, num_warps=8, num_stages=3)),
+    # 96 KB of shared memory on sm_90: also fits consumer parts (about 99 KB per block).
+    (1 << 62, KernelConfig(128, 128, 32, num_warps=8, num_stages=3)),
 )
 
 # The interpreter's cost grows with the number of program instances: use one big tile.
@@ -93,9 +93,9 @@ if triton is not None:
 
     @triton.jit
     def _commit_tile(
-        w_ptr,
-        a_ptr,
-        b_ptr,
+        w_raw,
+        a_raw,
+        b_raw,
         aux_raw,
         mode,
         scale,
@@ -104,12 +104,16 @@ if triton is not None:
         rank,
         tile_m,
         tile_n,
+        W_TY: tl.constexpr,
+        F_TY: tl.constexpr,
         COMP_FP32: tl.constexpr,
-        DOT_PRECISION: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
+        w_ptr = w_raw.to(tl.pointer_type(W_TY))
+        a_ptr = a_raw.to(tl.pointer_type(F_TY))
+        b_ptr = b_raw.to(tl.pointer_type(F_TY))
         rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < d_out
@@ -131,36 +135,41 @@ if triton is not None:
                 other=0.0,
             )
             # Operands go through fp32: bf16/fp16 values are exact in tf32, so "tf32" gives exact
-            # products for them, and fp32 factors use 3xTF32 for fp32-level accuracy.
-            acc = tl.dot(
-                bt.to(tl.float32), a.to(tl.float32), acc, input_precision=DOT_PRECISION
-            )
+            # products for them, and fp32 factors use 3xTF32 for fp32-level accuracy. (Native
+            # bf16 dots would do too on GPU, but the interpreter multiplies their raw bits.)
+            if F_TY == tl.float32:
+                acc = tl.dot(bt, a, acc, input_precision="tf32x3")
+            else:
+                acc = tl.dot(bt.to(tl.float32), a.to(tl.float32), acc, input_precision="tf32")
         delta = acc * scale
 
         offsets = rows[:, None] * d_in + cols[None, :]
         inside = row_ok[:, None] & col_ok[None, :]
-        w_ty = w_ptr.dtype.element_ty
         if mode == 2:
             # master: M += delta; W = round(M). W itself is never read.
             m_ptr = aux_raw.to(tl.pointer_type(tl.float32))
             master = tl.load(m_ptr + offsets, mask=inside, other=0.0) + delta
             tl.store(m_ptr + offsets, master, mask=inside)
-            tl.store(w_ptr + offsets, master.to(w_ty), mask=inside)
+            tl.store(w_ptr + offsets, master.to(W_TY), mask=inside)
         elif mode == 1:
             # Kahan: t = W + (C + delta); W = round(t); C = t - W (what the rounding dropped).
             if COMP_FP32:
                 c_ptr = aux_raw.to(tl.pointer_type(tl.float32))
             else:
-                c_ptr = aux_raw.to(tl.pointer_type(w_ty))
+                c_ptr = aux_raw.to(tl.pointer_type(W_TY))
             comp = tl.load(c_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
             w = tl.load(w_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
             total = (delta + comp) + w
-            rounded = total.to(w_ty)
+            rounded = total.to(W_TY)
             tl.store(w_ptr + offsets, rounded, mask=inside)
-            tl.store(c_ptr + offsets, (total - rounded.to(tl.float32)).to(c_ptr.dtype.element_ty), mask=inside)
+            tl.store(
+                c_ptr + offsets,
+                (total - rounded.to(tl.float32)).to(c_ptr.dtype.element_ty),
+                mask=inside,
+            )
         else:
             w = tl.load(w_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-            tl.store(w_ptr + offsets, (w + delta).to(w_ty), mask=inside)
+            tl.store(w_ptr + offsets, (w + delta).to(W_TY), mask=inside)
 
     @triton.jit
     def _lowrank_commit_kernel(
@@ -199,31 +208,17 @@ if triton is not None:
 
         # Each (weight dtype, factor dtype) pair is its own instantiation: pointer element types
         # are compile-time, but one launch may mix them.
-        f32 = tl.pointer_type(tl.float32)
+        args = (w_raw, a_raw, b_raw, aux_raw, mode, scale, d_out, d_in, rank, tile_m, tile_n)
         if w_code == 0:
-            _commit_tile(w_raw.to(f32), a_raw.to(f32), b_raw.to(f32), aux_raw, mode, scale,
-                         d_out, d_in, rank, tile_m, tile_n, COMP_FP32, "tf32x3",
-                         BLOCK_M, BLOCK_N, BLOCK_K)
+            _commit_tile(*args, tl.float32, tl.float32, COMP_FP32, BLOCK_M, BLOCK_N, BLOCK_K)
+        elif w_code == 1 and factor_fp32 != 0:
+            _commit_tile(*args, tl.bfloat16, tl.float32, COMP_FP32, BLOCK_M, BLOCK_N, BLOCK_K)
         elif w_code == 1:
-            bf16 = tl.pointer_type(tl.bfloat16)
-            if factor_fp32 != 0:
-                _commit_tile(w_raw.to(bf16), a_raw.to(f32), b_raw.to(f32), aux_raw, mode, scale,
-                             d_out, d_in, rank, tile_m, tile_n, COMP_FP32, "tf32x3",
-                             BLOCK_M, BLOCK_N, BLOCK_K)
-            else:
-                _commit_tile(w_raw.to(bf16), a_raw.to(bf16), b_raw.to(bf16), aux_raw, mode, scale,
-                             d_out, d_in, rank, tile_m, tile_n, COMP_FP32, "tf32",
-                             BLOCK_M, BLOCK_N, BLOCK_K)
+            _commit_tile(*args, tl.bfloat16, tl.bfloat16, COMP_FP32, BLOCK_M, BLOCK_N, BLOCK_K)
+        elif factor_fp32 != 0:
+            _commit_tile(*args, tl.float16, tl.float32, COMP_FP32, BLOCK_M, BLOCK_N, BLOCK_K)
         else:
-            fp16 = tl.pointer_type(tl.float16)
-            if factor_fp32 != 0:
-                _commit_tile(w_raw.to(fp16), a_raw.to(f32), b_raw.to(f32), aux_raw, mode, scale,
-                             d_out, d_in, rank, tile_m, tile_n, COMP_FP32, "tf32x3",
-                             BLOCK_M, BLOCK_N, BLOCK_K)
-            else:
-                _commit_tile(w_raw.to(fp16), a_raw.to(fp16), b_raw.to(fp16), aux_raw, mode, scale,
-                             d_out, d_in, rank, tile_m, tile_n, COMP_FP32, "tf32",
-                             BLOCK_M, BLOCK_N, BLOCK_K)
+            _commit_tile(*args, tl.float16, tl.float16, COMP_FP32, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 def lowrank_update_triton_(
@@ -304,6 +299,8 @@ def lowrank_update_triton_(
             BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
+            # No FMA contraction: the same rounding steps as the reference on every backend.
+            enable_fp_fusion=False,
         )
     # The kernel writes through raw pointers, which autograd cannot see: bump the version
     # counters so a stale saved tensor is caught, then tell the state the write was ours.

@@ -130,7 +130,9 @@ class PrecisionState:
             if state is not None:
                 state._drop(key)
 
-        entry = _Entry(weakref.ref(weight, _forget), kind, buffer, weight.data_ptr(), _version(weight))
+        entry = _Entry(
+            weakref.ref(weight, _forget), kind, buffer, weight.data_ptr(), _version(weight)
+        )
         self._entries[key] = entry
         self._order.append(key)
         return entry
