@@ -76,9 +76,18 @@ def write_all_or_nothing(
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
         raise
+    mode = _file_mode()
     for tmp, dest in staged:
+        os.chmod(tmp, mode)
         os.replace(tmp, dest)
     return [dest for _, dest in staged]
+
+
+def _file_mode() -> int:
+    # mkstemp creates 0600 files; results should get the permissions an ordinary open() gives.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def clear_results(out_dir: str | os.PathLike[str]) -> None:
@@ -203,6 +212,7 @@ def write_table(path: str | os.PathLike[str], frame: pd.DataFrame) -> Path:
     """Write ``frame`` as CSV atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+        os.chmod(tmp, _file_mode())
     return Path(path)
 
 

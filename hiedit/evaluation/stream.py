@@ -335,6 +335,7 @@ def run_stream(
                     [stream[i] for i in sample],
                     [unedited_predictions[i] for i in sample],
                     f"curve at {done}",
+                    bar=False,  # short, and would interleave with the stream's bar
                 )
                 n_forwards += scores.n_forwards
                 curve_rows.append(
@@ -403,7 +404,7 @@ def run_stream(
 
 
 def _scorer(model, tokenizer, settings: StreamSettings, progress: bool):
-    def score(records: Sequence[EditRecord], reference, desc: str) -> Scores:
+    def score(records: Sequence[EditRecord], reference, desc: str, bar: bool = True) -> Scores:
         return score_records(
             model,
             tokenizer,
@@ -411,7 +412,7 @@ def _scorer(model, tokenizer, settings: StreamSettings, progress: bool):
             batch_size=settings.batch_size,
             reference=reference,
             max_length=settings.max_length,
-            progress=progress,
+            progress=progress and bar,
             desc=desc,
         )
 
