@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -26,6 +25,23 @@ KNOWN_URLS = {
 CHUNK_BYTES = 1 << 20
 
 
+def _copy_with_progress(response: Any, path: Path, url: str) -> None:
+    from tqdm import tqdm
+
+    length = getattr(response, "headers", {}).get("Content-Length")
+    total = int(length) if length and str(length).isdigit() else None
+    # disable=None: a bar on a terminal, nothing in a workflow log.
+    with (
+        open(path, "wb") as fh,
+        tqdm(
+            total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=None
+        ) as bar,
+    ):
+        while chunk := response.read(CHUNK_BYTES):
+            fh.write(chunk)
+            bar.update(len(chunk))
+
+
 def download(
     url: str,
     dest: str | os.PathLike[str],
@@ -45,8 +61,7 @@ def download(
             status = getattr(response, "status", None)
             if status is not None and status >= 400:  # openers other than urllib's may not raise
                 raise DataError(f"download failed: {url}: HTTP {status}")
-            with open(tmp, "wb") as fh:
-                shutil.copyfileobj(response, fh, CHUNK_BYTES)
+            _copy_with_progress(response, tmp, url)
     except urllib.error.HTTPError as err:
         raise DataError(f"download failed: {url}: HTTP {err.code} {err.reason}") from err
     except urllib.error.URLError as err:

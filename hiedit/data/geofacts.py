@@ -333,12 +333,23 @@ def _counterfactuals(facts: Sequence[Fact], seed: int) -> dict[Fact, tuple[str, 
     return result
 
 
-def _unrelated(fact: Fact, by_relation: dict[str, list[Fact]], rng: random.Random) -> Fact:
-    """A fact about another subject, from another relation when the split has one."""
+def _unrelated(
+    fact: Fact, by_relation: dict[str, list[Fact]], rng: random.Random, fallback: Sequence[Fact]
+) -> Fact:
+    """A fact about another subject with other answers, from another relation when the split has
+    one; a split too small to hold one (a tiny eval stream) borrows from ``fallback``."""
+
+    def unrelated(candidate: Fact) -> bool:
+        return candidate.subject != fact.subject and not set(candidate.answers) & set(fact.answers)
+
     others = [r for r in sorted(by_relation) if r != fact.relation] or [fact.relation]
     for _ in range(100):
         candidate = rng.choice(by_relation[rng.choice(others)])
-        if candidate.subject != fact.subject and not set(candidate.answers) & set(fact.answers):
+        if unrelated(candidate):
+            return candidate
+    start = rng.randrange(len(fallback))
+    for candidate in (*fallback[start:], *fallback[:start]):
+        if unrelated(candidate):
             return candidate
     raise RuntimeError(f"no unrelated fact found for {fact.subject!r} ({fact.relation})")
 
@@ -418,7 +429,7 @@ def build_geofacts(
             by_answer[f.answer].append(f)
         zsre, counterfact = [], []
         for f in split_facts_:
-            zsre.append(zsre_record(f, new_objects[f][0], _unrelated(f, by_relation, rng)))
+            zsre.append(zsre_record(f, new_objects[f][0], _unrelated(f, by_relation, rng, facts)))
             neighbours = _neighbours(f, by_answer, rng)
             if neighbours:
                 counterfact.append(
