@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from hiedit.data.records import FORMATS
 from hiedit.errors import DataError
-
-FORMATS = ("zsre", "counterfact")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

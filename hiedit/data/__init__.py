@@ -4,9 +4,17 @@ from hiedit.data.geofacts import build_geofacts, write_geofacts
 from hiedit.data.loading import load_records
 from hiedit.data.records import QA, EditRecord
 from hiedit.data.store import read_split, write_split
-from hiedit.data.tokenize import Batch, answer_positions, encode_qa, encode_qa_pair, encode_role
+from hiedit.data.tokenize import (
+    IGNORE_INDEX,
+    Batch,
+    answer_positions,
+    encode_qa,
+    encode_qa_pair,
+    encode_role,
+)
 
 __all__ = [
+    "IGNORE_INDEX",
     "QA",
     "Batch",
     "EditRecord",
