@@ -1,0 +1,388 @@
+"""The report's figures: K sweep, learning curves, mask usage, per-edit time and training curves.
+
+Each ``*_figure`` function takes tables from :mod:`hiedit.reporting.inputs`, draws with seaborn
+and writes one PNG atomically. Metrics are shown in percent; error bars are the 95 % Student-t
+interval over seeds (the tables' rule), absent with one seed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from hiedit.reporting.inputs import MODULE_SEPARATOR, ReportInputError
+from hiedit.reporting.tables import (
+    K_SWEEP_PREFIX,
+    REFERENCE_VARIANT,
+    TABLE_METRICS,
+    final_metrics,
+    mean_interval,
+    order_variants,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+# Metrics measured at the learning-curve checkpoints (retention exists only after the stream).
+CURVE_METRICS: dict[str, str] = {
+    "efficacy": "Efficacy",
+    "generalization": "Generalization",
+    "specificity": "Specificity",
+}
+ALL_RELATIONS = "all"
+OTHER_RELATIONS = "other"
+DENSE_LABEL = "rledit (dense, K = L)"
+SWEEP_LABEL = "hiedit (K sweep)"
+_LAYER = re.compile(r"layers\.(\d+)\.(.+)$")
+
+
+def _setup() -> None:
+    import matplotlib
+
+    # Figures are written to files only; a non-interactive backend works without a display.
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.95)
+
+
+def _t_interval(values: pd.Series) -> tuple[float, float]:
+    interval = mean_interval(values.tolist())
+    return interval.low, interval.high
+
+
+def _save(fig: Figure, out: str | os.PathLike[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    from hiedit.data.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _run_label(frame: pd.DataFrame) -> pd.Series:
+    return frame["model"] + " / " + frame["dataset"]
+
+
+def variant_palette(variants: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per variant, fixed by presentation order so every figure agrees."""
+    import seaborn as sns
+
+    ordered = order_variants(variants)
+    colours = sns.color_palette("tab10", n_colors=max(len(ordered), 1))
+    return dict(zip(ordered, colours, strict=False))
+
+
+def module_label(name: str) -> str:
+    """``model.layers.12.mlp.gate_proj`` -> ``layer 12 mlp.gate_proj`` (other names unchanged)."""
+    match = _LAYER.search(name)
+    return f"layer {match[1]} {match[2]}" if match else name
+
+
+def _module_sort_key(name: str) -> tuple[str, int, str]:
+    match = _LAYER.search(name)
+    return (match[2], int(match[1]), name) if match else ("", -1, name)
+
+
+def k_sweep_data(
+    metrics: pd.DataFrame,
+    default_k: Mapping[str, int],
+    n_modules: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """Final metrics (percent) against K: ``hiedit-k<K>`` runs, hiedit at its model's default K,
+    and, when ``n_modules`` gives L, rledit at K = L.
+
+    Columns: run, series, K, metric, seed, value.
+    """
+    final = final_metrics(metrics)
+    final = final[final["metric"].isin(TABLE_METRICS)].copy()
+    variant = final["variant"]
+    suffix = variant.str.removeprefix(K_SWEEP_PREFIX)
+    sweep = variant.str.startswith(K_SWEEP_PREFIX) & suffix.str.isdigit()
+    final["K"] = suffix.where(sweep).astype("float64")
+    final["series"] = SWEEP_LABEL
+    is_default = variant == REFERENCE_VARIANT
+    final.loc[is_default, "K"] = final.loc[is_default, "model"].map(default_k).astype("float64")
+    if n_modules:
+        dense = variant == "rledit"
+        final.loc[dense, "K"] = final.loc[dense, "model"].map(n_modules).astype("float64")
+        final.loc[dense, "series"] = DENSE_LABEL
+    data = final.dropna(subset=["K"]).copy()
+    if data.empty:
+        raise ReportInputError("no hiedit or hiedit-k<K> final metrics to plot against K")
+    data["K"] = data["K"].astype("int64")
+    data["run"] = _run_label(data)
+    data["metric"] = data["metric"].map(TABLE_METRICS)
+    data["value"] = data["value"] * 100.0
+    return data[["run", "series", "K", "metric", "seed", "value"]]
+
+
+def k_sweep_figure(
+    metrics: pd.DataFrame,
+    out: str | os.PathLike[str],
+    default_k: Mapping[str, int],
+    n_modules: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """Figure 1: each headline metric against K, one row of panels per model × dataset."""
+    _setup()
+    import seaborn as sns
+
+    data = k_sweep_data(metrics, default_k, n_modules)
+    grid = sns.relplot(
+        data=data,
+        x="K",
+        y="value",
+        hue="series",
+        style="series",
+        row="run",
+        col="metric",
+        col_order=list(TABLE_METRICS.values()),
+        kind="line",
+        markers=True,
+        dashes=False,
+        errorbar=_t_interval,
+        err_style="bars",
+        height=2.6,
+        aspect=1.1,
+        facet_kws={"sharey": False, "margin_titles": True},
+    )
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    grid.set_axis_labels("K (modules edited per edit)", "%")
+    for ax in grid.axes.flat:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    grid.figure.suptitle("Final metrics against K", y=1.02)
+    _save(grid.figure, out)
+    return data
+
+
+def learning_curve_data(metrics: pd.DataFrame, include_sweep: bool = False) -> pd.DataFrame:
+    """Curve metrics (percent) at every checkpoint; K-sweep runs only with ``include_sweep``."""
+    data = metrics[metrics["metric"].isin(CURVE_METRICS)].copy()
+    if not include_sweep:
+        data = data[~data["variant"].str.startswith(K_SWEEP_PREFIX)]
+    if data.empty:
+        raise ReportInputError("no efficacy/generalization/specificity rows for learning curves")
+    data["run"] = _run_label(data)
+    data["metric"] = data["metric"].map(CURVE_METRICS)
+    data["value"] = data["value"] * 100.0
+    return data[["run", "variant", "seed", "n_edits", "metric", "value"]]
+
+
+def learning_curves_figure(
+    metrics: pd.DataFrame, out: str | os.PathLike[str], include_sweep: bool = False
+) -> pd.DataFrame:
+    """Figure 2: metrics of the edits made so far against the number of edits, per variant."""
+    _setup()
+    import seaborn as sns
+
+    data = learning_curve_data(metrics, include_sweep)
+    variants = order_variants(data["variant"].unique())
+    grid = sns.relplot(
+        data=data,
+        x="n_edits",
+        y="value",
+        hue="variant",
+        hue_order=variants,
+        palette=variant_palette(variants),
+        style="variant",
+        style_order=variants,
+        row="run",
+        col="metric",
+        col_order=list(CURVE_METRICS.values()),
+        kind="line",
+        markers=True,
+        dashes=False,
+        errorbar=_t_interval,
+        height=2.6,
+        aspect=1.25,
+        facet_kws={"sharey": False, "margin_titles": True},
+    )
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    grid.set_axis_labels("edits made", "% (sample of the edits so far)")
+    grid.figure.suptitle("Learning curves along the edit stream", y=1.02)
+    _save(grid.figure, out)
+    return data
+
+
+def mask_usage(
+    per_edit: pd.DataFrame,
+    modules: Sequence[str] | None = None,
+    max_relations: int | None = None,
+) -> pd.DataFrame:
+    """Fraction of edits in which each module was selected: modules × (``all``, relations…).
+
+    Rows are ``modules`` (every candidate, so a never-selected one shows 0) or, if not given,
+    the modules seen; columns are ``all`` then relations by decreasing number of edits. With
+    ``max_relations`` the rarer relations are pooled into ``other``. Edits of every run in
+    ``per_edit`` are pooled.
+    """
+    import pandas as pd
+
+    if per_edit.empty:
+        raise ReportInputError("no edits to count module usage over")
+    chosen = per_edit["selected"].str.split(MODULE_SEPARATOR)
+    chosen = chosen.map(lambda names: {n for n in names if n})
+    seen = sorted(set().union(*chosen), key=_module_sort_key)
+    rows = list(modules) if modules is not None else seen
+    unknown = [m for m in seen if m not in rows]
+    if unknown:
+        raise ReportInputError(
+            f"selected module(s) {', '.join(unknown)} are not among the candidates {', '.join(rows)}"
+        )
+    indicator = pd.DataFrame(
+        {m: chosen.map(lambda names, m=m: m in names).astype(float) for m in rows},
+        index=per_edit.index,
+    )
+    relation = per_edit["relation"].astype(str)
+    counts = relation.value_counts()
+    if max_relations is not None and len(counts) > max_relations:
+        keep = set(counts.index[: max_relations - 1])
+        relation = relation.where(relation.isin(keep), OTHER_RELATIONS)
+        counts = relation.value_counts()
+    order = [r for r in counts.index if r != OTHER_RELATIONS]
+    if OTHER_RELATIONS in counts.index:
+        order.append(OTHER_RELATIONS)
+    by_relation = indicator.groupby(relation).mean().T[order]
+    table = pd.concat([indicator.mean().rename(ALL_RELATIONS), by_relation], axis=1)
+    table.index.name = "module"
+    table.columns.name = "relation"
+    table.attrs["n_edits"] = {ALL_RELATIONS: len(per_edit), **counts.to_dict()}
+    return table
+
+
+def mask_usage_figure(
+    per_edit: pd.DataFrame,
+    out: str | os.PathLike[str],
+    modules: Sequence[str] | None = None,
+    max_relations: int = 25,
+    title: str = "",
+) -> pd.DataFrame:
+    """Figure 3: heatmap of :func:`mask_usage` (modules × relations), column labels with edit counts."""
+    _setup()
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    table = mask_usage(per_edit, modules, max_relations)
+    n_edits = table.attrs["n_edits"]
+    n_rows, n_cols = table.shape
+    annotate = n_rows * n_cols <= 400
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * n_cols + 3.0), max(3.0, 0.38 * n_rows + 1.8)))
+    sns.heatmap(
+        table,
+        ax=ax,
+        vmin=0.0,
+        vmax=1.0,
+        cmap="viridis",
+        annot=annotate,
+        fmt=".2f",
+        annot_kws={"fontsize": 7},
+        linewidths=0.4,
+        cbar_kws={"label": "fraction of edits selecting the module"},
+        yticklabels=[module_label(m) for m in table.index],
+        xticklabels=[f"{c} (n={n_edits[c]})" for c in table.columns],
+    )
+    # Separate the pooled column from the per-relation ones.
+    ax.axvline(1, color="white", linewidth=3)
+    ax.set_xlabel("relation (number of edits)")
+    ax.set_ylabel("candidate module")
+    ax.tick_params(axis="x", labelrotation=60)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    ax.set_title(title or "Module usage of the router")
+    _save(fig, out)
+    return table
+
+
+def edit_time_figure(per_edit: pd.DataFrame, out: str | os.PathLike[str]) -> pd.DataFrame:
+    """Figure 4: distribution of the per-edit wall time (ms) per variant, one panel per model × dataset.
+
+    Returns the per variant summary (median, mean, 90th percentile in ms, number of edits).
+    """
+    _setup()
+    import seaborn as sns
+
+    data = per_edit.copy()
+    data["run"] = _run_label(data)
+    data["ms"] = data["seconds"] * 1000.0
+    variants = order_variants(data["variant"].unique())
+    runs = sorted(data["run"].unique())
+    grid = sns.catplot(
+        data=data,
+        x="variant",
+        y="ms",
+        order=variants,
+        hue="variant",
+        hue_order=variants,
+        palette=variant_palette(variants),
+        col="run",
+        col_order=runs,
+        col_wrap=min(len(runs), 2),
+        kind="box",
+        showfliers=False,
+        height=3.2,
+        aspect=1.3,
+        sharey=False,
+        legend=False,
+    )
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("", "ms per edit (capture, route, compute, commit)")
+    positive = data["ms"][data["ms"] > 0]
+    if len(positive) and positive.max() / positive.min() > 50:
+        for ax in grid.axes.flat:
+            ax.set_yscale("log")
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", labelrotation=35)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    grid.figure.suptitle("Time per edit", y=1.02)
+    _save(grid.figure, out)
+    summary = data.groupby(["run", "variant"])["ms"].agg(
+        median="median", mean="mean", p90=lambda s: s.quantile(0.9), n_edits="size"
+    )
+    return summary.reset_index()
+
+
+def training_curves_figure(
+    logs: pd.DataFrame, out: str | os.PathLike[str], x_label: str = "step"
+) -> pd.DataFrame:
+    """Figure 5: every loss column of the training logs against the step, per variant.
+
+    ``logs`` is :func:`hiedit.reporting.inputs.read_train_logs`'s long table. One row of panels
+    per loss column, one column per model × dataset; a panel whose positive values span more
+    than two decades is drawn on a log scale.
+    """
+    _setup()
+    import seaborn as sns
+
+    data = logs.copy()
+    data["run"] = _run_label(data)
+    variants = order_variants(data["variant"].unique())
+    grid = sns.relplot(
+        data=data,
+        x="step",
+        y="value",
+        hue="variant",
+        hue_order=variants,
+        palette=variant_palette(variants),
+        row="loss",
+        col="run",
+        col_order=sorted(data["run"].unique()),
+        kind="line",
+        errorbar=_t_interval,
+        height=2.6,
+        aspect=1.3,
+        facet_kws={"sharey": False, "sharex": False, "margin_titles": True},
+    )
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    grid.set_axis_labels(x_label, "")
+    for (loss, run), ax in grid.axes_dict.items():
+        values = data[(data["loss"] == loss) & (data["run"] == run)]["value"]
+        if len(values) and (values > 0).all() and values.max() / values.min() > 100:
+            ax.set_yscale("log")
+    grid.figure.suptitle("Editor training", y=1.02)
+    _save(grid.figure, out)
+    return data
