@@ -92,6 +92,19 @@ def pick_config(max_rank: int) -> KernelConfig:
 if triton is not None:
 
     @triton.jit
+    def _round_to(x, TY: tl.constexpr):
+        """Round fp32 ``x`` to ``TY`` to nearest, ties to even."""
+        if TY == tl.bfloat16:
+            # Done on the bits: Triton's interpreter truncates fp32 -> bf16 casts, and the same
+            # code must run there and on the GPU (where this matches cvt.rn.bf16.f32 for finite x).
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            out = x.to(TY)
+        return out
+
+    @triton.jit
     def _commit_tile(
         w_raw,
         a_raw,
@@ -150,7 +163,7 @@ if triton is not None:
             m_ptr = aux_raw.to(tl.pointer_type(tl.float32))
             master = tl.load(m_ptr + offsets, mask=inside, other=0.0) + delta
             tl.store(m_ptr + offsets, master, mask=inside)
-            tl.store(w_ptr + offsets, master.to(W_TY), mask=inside)
+            tl.store(w_ptr + offsets, _round_to(master, W_TY), mask=inside)
         elif mode == 1:
             # Kahan: t = W + (C + delta); W = round(t); C = t - W (what the rounding dropped).
             if COMP_FP32:
@@ -160,16 +173,16 @@ if triton is not None:
             comp = tl.load(c_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
             w = tl.load(w_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
             total = (delta + comp) + w
-            rounded = total.to(W_TY)
+            rounded = _round_to(total, W_TY)
             tl.store(w_ptr + offsets, rounded, mask=inside)
             tl.store(
                 c_ptr + offsets,
-                (total - rounded.to(tl.float32)).to(c_ptr.dtype.element_ty),
+                _round_to(total - rounded.to(tl.float32), c_ptr.dtype.element_ty),
                 mask=inside,
             )
         else:
             w = tl.load(w_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-            tl.store(w_ptr + offsets, (w + delta).to(W_TY), mask=inside)
+            tl.store(w_ptr + offsets, _round_to(w + delta, W_TY), mask=inside)
 
     @triton.jit
     def _lowrank_commit_kernel(
