@@ -153,7 +153,8 @@ def _mask_usage(args: argparse.Namespace) -> int:
     per_edit = read_per_edit(args.per_edit)
     runs = per_edit[["model", "dataset", "variant"]].drop_duplicates()
     names = " + ".join(f"{r.variant}: {r.model} / {r.dataset}" for r in runs.itertuples())
-    title = f"Module usage of {names} ({per_edit['seed'].nunique()} seed(s), {len(per_edit)} edits)"
+    n_seeds = per_edit["seed"].nunique()
+    title = f"Module usage of {names}\n{n_seeds} seed(s), {len(per_edit)} edits"
     table = mask_usage_figure(per_edit, args.out, args.modules, args.max_relations, title)
     if args.table:
         with atomic_path(args.table) as tmp:

@@ -51,7 +51,8 @@ def _setup() -> None:
 
 def _t_interval(values: pd.Series) -> tuple[float, float]:
     interval = mean_interval(values.tolist())
-    return interval.low, interval.high
+    # Metrics are percentages: an interval reaching past the bounds carries no extra information.
+    return max(interval.low, 0.0), min(interval.high, 100.0)
 
 
 def _save(fig: Figure, out: str | os.PathLike[str]) -> None:
@@ -132,12 +133,18 @@ def k_sweep_figure(
     import seaborn as sns
 
     data = k_sweep_data(metrics, default_k, n_modules)
+    colours = variant_palette([REFERENCE_VARIANT, "rledit"])
+    palette = {SWEEP_LABEL: colours[REFERENCE_VARIANT], DENSE_LABEL: colours["rledit"]}
+    series = [s for s in palette if s in set(data["series"])]
     grid = sns.relplot(
         data=data,
         x="K",
         y="value",
         hue="series",
+        hue_order=series,
+        palette={s: palette[s] for s in series},
         style="series",
+        style_order=series,
         row="run",
         col="metric",
         col_order=list(TABLE_METRICS.values()),
@@ -154,6 +161,7 @@ def k_sweep_figure(
     grid.set_axis_labels("K (modules edited per edit)", "%")
     for ax in grid.axes.flat:
         ax.xaxis.get_major_locator().set_params(integer=True)
+    grid.legend.set_title("")
     grid.figure.suptitle("Final metrics against K", y=1.02)
     _save(grid.figure, out)
     return data
@@ -197,12 +205,13 @@ def learning_curves_figure(
         markers=True,
         dashes=False,
         errorbar=_t_interval,
+        err_kws={"alpha": 0.12},
         height=2.6,
         aspect=1.25,
         facet_kws={"sharey": False, "margin_titles": True},
     )
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
-    grid.set_axis_labels("edits made", "% (sample of the edits so far)")
+    grid.set_axis_labels("edits made", "%")
     grid.figure.suptitle("Learning curves along the edit stream", y=1.02)
     _save(grid.figure, out)
     return data
@@ -281,7 +290,7 @@ def mask_usage_figure(
         fmt=".2f",
         annot_kws={"fontsize": 7},
         linewidths=0.4,
-        cbar_kws={"label": "fraction of edits selecting the module"},
+        cbar_kws={"label": "fraction of edits"},
         yticklabels=[module_label(m) for m in table.index],
         xticklabels=[f"{c} (n={n_edits[c]})" for c in table.columns],
     )
@@ -329,7 +338,7 @@ def edit_time_figure(per_edit: pd.DataFrame, out: str | os.PathLike[str]) -> pd.
         legend=False,
     )
     grid.set_titles("{col_name}")
-    grid.set_axis_labels("", "ms per edit (capture, route, compute, commit)")
+    grid.set_axis_labels("", "ms per edit")
     positive = data["ms"][data["ms"] > 0]
     if len(positive) and positive.max() / positive.min() > 50:
         for ax in grid.axes.flat:
@@ -352,7 +361,8 @@ def training_curves_figure(
     """Figure 5: every loss column of the training logs against the step, per variant.
 
     ``logs`` is :func:`hiedit.reporting.inputs.read_train_logs`'s long table. One row of panels
-    per loss column, one column per model × dataset; a panel whose positive values span more
+    per loss column, one column per model × dataset, one line per run (seeds are drawn
+    separately: a few seeds give no useful interval); a panel whose positive values span more
     than two decades is drawn on a log scale.
     """
     _setup()
@@ -371,8 +381,10 @@ def training_curves_figure(
         row="loss",
         col="run",
         col_order=sorted(data["run"].unique()),
+        units="seed",
+        estimator=None,
         kind="line",
-        errorbar=_t_interval,
+        alpha=0.85,
         height=2.6,
         aspect=1.3,
         facet_kws={"sharey": False, "sharex": False, "margin_titles": True},
