@@ -68,8 +68,12 @@ def check_identity(saved: Mapping[str, Any], current: Mapping[str, Any], source:
     keys = sorted(set(saved) | set(current))
     differing = [k for k in keys if saved.get(k) != current.get(k)]
     if differing:
-        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}" for k in differing)
-        raise CheckpointMismatchError(f"{source} was written under a different configuration: {details}")
+        details = "; ".join(
+            f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}" for k in differing
+        )
+        raise CheckpointMismatchError(
+            f"{source} was written under a different configuration: {details}"
+        )
 
 
 class HiEditor:
@@ -115,8 +119,13 @@ class HiEditor:
             )
         self.router: Router | None = None
         if self.variant.uses_router:
-            dims = {key: self.modules[idx[0]].in_features + self.modules[idx[0]].out_features for key, idx in members.items()}
-            self.router = Router(self.groups, dims, int(editor_cfg["router_hidden"]), generator=init)
+            dims = {
+                key: self.modules[idx[0]].in_features + self.modules[idx[0]].out_features
+                for key, idx in members.items()
+            }
+            self.router = Router(
+                self.groups, dims, int(editor_cfg["router_hidden"]), generator=init
+            )
         self.nets.to(self.device)
         if self.router is not None:
             self.router.to(self.device)
@@ -135,14 +144,18 @@ class HiEditor:
         """State dicts of the networks (normaliser statistics included)."""
         return {
             "nets": {k: v.detach().clone() for k, v in self.nets.state_dict().items()},
-            "router": None if self.router is None else {k: v.detach().clone() for k, v in self.router.state_dict().items()},
+            "router": None
+            if self.router is None
+            else {k: v.detach().clone() for k, v in self.router.state_dict().items()},
         }
 
     def load_network_state(self, state: Mapping[str, Any]) -> None:
         self.nets.load_state_dict(state["nets"])
         if self.router is not None:
             if state.get("router") is None:
-                raise CheckpointMismatchError("the checkpoint holds no router but this variant needs one")
+                raise CheckpointMismatchError(
+                    "the checkpoint holds no router but this variant needs one"
+                )
             self.router.load_state_dict(state["router"])
 
     def _snapshot_networks(self) -> None:
@@ -179,7 +192,9 @@ class HiEditor:
             raise RuntimeError(f"variant {self.variant.name} has no router")
         return self.router([c.rows for c in captures])
 
-    def factors(self, captures: Sequence[Capture], which: Sequence[int] | None = None) -> list[Factors | None]:
+    def factors(
+        self, captures: Sequence[Capture], which: Sequence[int] | None = None
+    ) -> list[Factors | None]:
         """Low-rank updates of the modules ``which`` (default all); ``None`` for the others."""
         chosen = range(len(self.modules)) if which is None else which
         out: list[Factors | None] = [None] * len(self.modules)
@@ -187,7 +202,9 @@ class HiEditor:
             wanted = [i for i in indices if i in set(chosen)]
             if not wanted:
                 continue
-            produced = self.nets[key]([captures[i] for i in wanted], [self.local_index[i] for i in wanted])
+            produced = self.nets[key](
+                [captures[i] for i in wanted], [self.local_index[i] for i in wanted]
+            )
             for index, f in zip(wanted, produced, strict=True):
                 out[index] = f
         return out
@@ -250,12 +267,16 @@ class HiEditor:
             steps.append(self.edit_records(records[start : start + self.edits_per_step]))
         return steps
 
-    def reset_model(self) -> None:
-        """Restore the base weights, the loaded networks (normaliser statistics) and the stream state."""
+    def reset_weights(self) -> None:
+        """Restore the base weights of the candidate modules (and drop the precision buffers)."""
         with torch.no_grad():
             for module, base in zip(self.modules, self.base_weights, strict=True):
                 module.weight.copy_(base)
         self.precision.reset()
+
+    def reset_model(self) -> None:
+        """Restore the base weights, the loaded networks (normaliser statistics) and the stream state."""
+        self.reset_weights()
         self.load_network_state(self._initial_networks)
         self.step = 0
         self.rng = torch.Generator().manual_seed(self.seed + 1)
@@ -282,7 +303,9 @@ class HiEditor:
         """Resume a stream saved by :meth:`save_state` (refused if written under another config)."""
         state = torch.load(path, map_location=self.device, weights_only=False)
         if state.get("kind") != STATE_KIND:
-            raise CheckpointMismatchError(f"{path}: not an editor state file (kind {state.get('kind')!r})")
+            raise CheckpointMismatchError(
+                f"{path}: not an editor state file (kind {state.get('kind')!r})"
+            )
         check_identity(state["identity"], network_identity(self.job_cfg), str(path))
         if state["variant"] != self.variant.name:
             raise CheckpointMismatchError(
@@ -307,13 +330,22 @@ def _request_to_record(index: int, request: Mapping[str, Any]) -> EditRecord:
     for key in ("prompt", "target_new"):
         if key not in request:
             raise ConfigError(f"request {index}: missing key {key!r}")
-    for key in ("prompt", "target_new", "subject", "rephrase_prompt", "locality_prompt", "locality_ground_truth"):
+    for key in (
+        "prompt",
+        "target_new",
+        "subject",
+        "rephrase_prompt",
+        "locality_prompt",
+        "locality_ground_truth",
+    ):
         if key in request and (not isinstance(request[key], str) or not request[key].strip()):
             raise ConfigError(f"request {index}: key {key!r} must be a non-empty string")
     prompt, target = request["prompt"], request["target_new"]
     subject = request.get("subject", "")
     if subject and subject not in prompt:
-        raise ConfigError(f"request {index}: key 'subject' ({subject!r}) does not occur in the prompt")
+        raise ConfigError(
+            f"request {index}: key 'subject' ({subject!r}) does not occur in the prompt"
+        )
     rephrase = request.get("rephrase_prompt", prompt)
     loc_prompt = request.get("locality_prompt", prompt)
     loc_answer = request.get("locality_ground_truth", target)
@@ -337,7 +369,9 @@ def _atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def read_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> dict[str, Any]:
     """Load a trained-editor checkpoint (written by the trainer)."""
     path = Path(path)
     if not path.is_file():

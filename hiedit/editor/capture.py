@@ -89,9 +89,7 @@ def capture_gradients(
     keep = row_mask(batch, token)
     captures = []
     for index, grad in zip(order, grads, strict=True):
-        captures.append(
-            Capture(u=inputs[index][keep].float(), delta=grad[keep].float())
-        )
+        captures.append(Capture(u=inputs[index][keep].float(), delta=grad[keep].float()))
     if len(captures) != len(modules):
         missing = sorted(set(range(len(modules))) - set(order))
         raise RuntimeError(f"candidate modules {missing} were not called in the forward pass")

@@ -19,7 +19,9 @@ from hiedit.errors import NonFiniteError
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def precision_state(commit_precision: str, weights: Sequence[torch.Tensor]) -> kernels.PrecisionState:
+def precision_state(
+    commit_precision: str, weights: Sequence[torch.Tensor]
+) -> kernels.PrecisionState:
     """The precision buffers for ``commit_precision``.
 
     ``auto`` is exact for low-precision weights (a Kahan compensation buffer in fp32) and plain

@@ -110,7 +110,10 @@ class LowLevelNet(nn.Module):
         """Factors for each ``(capture, module)`` pair, all modules in one batched pass."""
         rows = torch.cat([c.rows for c in captures], dim=0)
         index = torch.cat(
-            [torch.full((c.u.shape[0],), m, dtype=torch.long) for c, m in zip(captures, modules, strict=True)]
+            [
+                torch.full((c.u.shape[0],), m, dtype=torch.long)
+                for c, m in zip(captures, modules, strict=True)
+            ]
         )
         out = self.transform(rows, index)
         factors = []

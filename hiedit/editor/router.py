@@ -21,7 +21,9 @@ from hiedit.editor.normalizer import RunningNormalizer
 class GradientEncoder(nn.Module):
     """Shared encoder of one shape group with per-module scale and offset."""
 
-    def __init__(self, dim: int, hidden: int, n_modules: int, generator: torch.Generator | None) -> None:
+    def __init__(
+        self, dim: int, hidden: int, n_modules: int, generator: torch.Generator | None
+    ) -> None:
         super().__init__()
         self.normalizer = RunningNormalizer(dim)
         self.linear = nn.Linear(dim, hidden)
@@ -115,7 +117,11 @@ def plackett_luce_log_prob(logits: torch.Tensor, order: torch.Tensor) -> torch.T
     available = torch.ones_like(logits, dtype=torch.bool)
     total = logits.new_zeros(())
     for index in order.tolist():
-        total = total + logits[index] - torch.logsumexp(logits.masked_fill(~available, float("-inf")), 0)
+        total = (
+            total
+            + logits[index]
+            - torch.logsumexp(logits.masked_fill(~available, float("-inf")), 0)
+        )
         available = available.clone()
         available[index] = False
     return total

@@ -1,0 +1,361 @@
+"""Trajectory training of the low-level network and the router (method §5), with checkpoints.
+
+Each trajectory starts from the base weights and edits a fresh slice of the train split one step
+at a time. At step t: capture at W_t, route (Gumbel-top-K sample ω with its Plackett–Luce
+log-probability), compute every module's low-rank update, score the last ``back_depth`` edits
+through the side path (L_low(ω) with grad; KL targets and L_low(1) in one no-grad forward),
+back-propagate ``L_low(ω) − sg(r_high) · log π(ω)`` and commit ω·Δ. Gradients are summed over
+steps; both Adam optimisers step every ``update_every`` steps and at the trajectory's end, each
+network clipped on its own. A checkpoint every ``checkpoint_every`` trajectories makes training
+resumable with the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from hiedit.data.records import EditRecord
+from hiedit.editor.api import (
+    CHECKPOINT_KIND,
+    HiEditor,
+    _atomic_save,
+    check_identity,
+    network_identity,
+)
+from hiedit.editor.losses import answer_logits, low_level_loss, reference_forward, scoring_batch
+from hiedit.editor.router import gumbel_topk, straight_through, topk_mask
+from hiedit.editor.sidepath import side_path
+from hiedit.errors import ConfigError, NonFiniteError
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = (
+    "trajectory",
+    "step",
+    "global_step",
+    "loss",
+    "loss_full",
+    "ce",
+    "kl",
+    "l2",
+    "reward",
+    "log_prob",
+    "edit_nll_before",
+    "selected",
+    "seconds",
+)
+TRAINING_KEYS = (
+    "n_train",
+    "trajectory_length",
+    "n_trajectories",
+    "edits_per_step",
+    "back_depth",
+    "time_decay",
+    "loc_coef",
+    "l2_coef",
+    "meta_lr",
+    "clip_norm",
+    "update_every",
+    "intrinsic_reward",
+    "pathwise_gradient",
+    "score_function",
+)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    checkpoint: Path
+    log_path: Path
+    rows: list[dict[str, Any]]
+
+
+def training_identity(job_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Network identity plus what determines the training run (for resume checks)."""
+    identity = network_identity(job_cfg)
+    identity["seed"] = int(job_cfg["seed"])
+    identity["dataset_name"] = job_cfg.get("dataset_name")
+    for key in TRAINING_KEYS:
+        identity[f"training.{key}"] = job_cfg["training"][key]
+    identity["editor.gumbel_tau"] = job_cfg["editor"]["gumbel_tau"]
+    return identity
+
+
+def default_log_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """The loss CSV written next to a checkpoint: ``editor.pt`` -> ``editor.loss.csv``."""
+    path = Path(checkpoint)
+    return path.with_name(path.stem + ".loss.csv")
+
+
+class Trainer:
+    """Trains ``editor``'s networks on ``records`` (the train split) under ``editor.job_cfg``."""
+
+    def __init__(self, editor: HiEditor, records: Sequence[EditRecord]) -> None:
+        self.editor = editor
+        cfg = editor.job_cfg["training"]
+        self.cfg = cfg
+        self.tau = float(editor.job_cfg["editor"]["gumbel_tau"])
+        if not records:
+            raise ConfigError("the train split is empty")
+        self.records = list(records)[: int(cfg["n_train"])]
+        seed = editor.seed
+        order = torch.randperm(len(self.records), generator=torch.Generator().manual_seed(seed))
+        self.order = order.tolist()
+        self.intrinsic = (
+            editor.variant.intrinsic_reward
+            if editor.variant.intrinsic_reward is not None
+            else bool(cfg["intrinsic_reward"])
+        )
+        self.has_router = editor.router is not None
+        self.pathwise = bool(cfg["pathwise_gradient"]) and self.has_router
+        self.score_function = bool(cfg["score_function"]) and self.has_router
+        self.net_optimizer = torch.optim.Adam(editor.nets.parameters(), lr=float(cfg["meta_lr"]))
+        self.router_optimizer = (
+            torch.optim.Adam(editor.router.parameters(), lr=float(cfg["meta_lr"]))
+            if self.has_router
+            else None
+        )
+        self.sampler = torch.Generator().manual_seed(seed + 2)
+        self.trajectory = 0
+        self.global_step = 0
+        self.rows: list[dict[str, Any]] = []
+
+    # --- one step -------------------------------------------------------------------------------
+
+    def step_records(self, trajectory: int, step: int) -> list[EditRecord]:
+        per_step = int(self.cfg["edits_per_step"])
+        start = (trajectory * int(self.cfg["trajectory_length"]) + step) * per_step
+        return [self.records[self.order[(start + i) % len(self.records)]] for i in range(per_step)]
+
+    def train_step(self, window: list[list[EditRecord]], step: int) -> dict[str, Any]:
+        """One trajectory step on the newest records of ``window``; gradients are accumulated."""
+        editor, cfg = self.editor, self.cfg
+        started = time.perf_counter()
+        captures, nll_before = editor.capture(window[-1])
+        with torch.no_grad():
+            editor.update_normalizers(captures)
+        n_modules = len(editor.modules)
+        log_prob = None
+        if self.has_router:
+            scores = editor.scores(captures)
+            hard, _, log_prob = gumbel_topk(scores, editor.k, self.tau, self.sampler)
+            mask = straight_through(hard, scores) if self.pathwise else hard
+        else:
+            hard = torch.ones(n_modules, device=editor.device)
+            mask = hard
+        factors = editor.factors(captures)
+        scoring = scoring_batch(
+            editor.tokenizer,
+            window[-int(cfg["back_depth"]) :],
+            float(cfg["time_decay"]),
+            editor.device,
+        )
+        need_full = self.score_function and self.intrinsic
+        base_logp, full_logits = reference_forward(
+            editor.model, editor.modules, factors, scoring, with_full=need_full
+        )
+        coefs = {"loc_coef": float(cfg["loc_coef"]), "l2_coef": float(cfg["l2_coef"])}
+        with side_path(editor.modules, factors, list(mask)):
+            logits = answer_logits(editor.model, scoring.batch)
+        parts = low_level_loss(logits, base_logp, scoring, factors, mask, **coefs)
+        loss_full = None
+        if need_full:
+            with torch.no_grad():
+                ones = torch.ones(n_modules, device=editor.device)
+                loss_full = low_level_loss(
+                    full_logits, base_logp, scoring, [f.detached() for f in factors], ones, **coefs
+                ).total
+        if not bool(torch.isfinite(parts.total)):
+            raise NonFiniteError(
+                f"training step {self.global_step} (trajectory {self.trajectory}, step {step}): "
+                f"the low-level loss is {float(parts.total)}"
+            )
+        objective = parts.total
+        reward = None
+        if self.score_function:
+            # r_high = L_low(1) − L_low(ω) (intrinsic) or r_low(ω) = −L_low(ω) (ablation).
+            reward = (loss_full - parts.total.detach()) if self.intrinsic else -parts.total.detach()
+            objective = objective - reward * log_prob
+        objective.backward()
+        selected = hard.nonzero().flatten().tolist()
+        editor.step = self.global_step
+        editor.commit(factors, selected)
+        return {
+            "trajectory": self.trajectory,
+            "step": step,
+            "global_step": self.global_step,
+            "loss": float(parts.total),
+            "loss_full": None if loss_full is None else float(loss_full),
+            "ce": float(parts.ce),
+            "kl": float(parts.kl),
+            "l2": float(parts.l2),
+            "reward": None if reward is None else float(reward),
+            "log_prob": None if log_prob is None else float(log_prob),
+            "edit_nll_before": nll_before,
+            "selected": ";".join(map(str, selected)),
+            "seconds": time.perf_counter() - started,
+        }
+
+    def optimizer_step(self) -> None:
+        clip = float(self.cfg["clip_norm"])
+        torch.nn.utils.clip_grad_norm_(list(self.editor.nets.parameters()), clip)
+        self.net_optimizer.step()
+        self.net_optimizer.zero_grad(set_to_none=True)
+        if self.router_optimizer is not None:
+            torch.nn.utils.clip_grad_norm_(list(self.editor.router.parameters()), clip)
+            self.router_optimizer.step()
+            self.router_optimizer.zero_grad(set_to_none=True)
+
+    def run_trajectory(self) -> list[dict[str, Any]]:
+        """One trajectory from the base weights; returns its log rows."""
+        editor, cfg = self.editor, self.cfg
+        editor.reset_weights()
+        length, every = int(cfg["trajectory_length"]), int(cfg["update_every"])
+        window: list[list[EditRecord]] = []
+        rows = []
+        editor.nets.train()
+        for step in range(length):
+            window.append(self.step_records(self.trajectory, step))
+            window = window[-int(cfg["back_depth"]) :]
+            rows.append(self.train_step(window, step))
+            self.global_step += 1
+            if (step + 1) % every == 0 or step == length - 1:
+                self.optimizer_step()
+        editor.reset_weights()
+        self.trajectory += 1
+        return rows
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def checkpoint_state(self, complete: bool) -> dict[str, Any]:
+        editor = self.editor
+        return {
+            "kind": CHECKPOINT_KIND,
+            "identity": network_identity(editor.job_cfg),
+            "training_identity": training_identity(editor.job_cfg),
+            "networks": editor.network_state(),
+            "selection_counts": editor.selection_counts,
+            "complete": complete,
+            "progress": {
+                "trajectory": self.trajectory,
+                "global_step": self.global_step,
+                "net_optimizer": self.net_optimizer.state_dict(),
+                "router_optimizer": None
+                if self.router_optimizer is None
+                else self.router_optimizer.state_dict(),
+                "sampler": self.sampler.get_state(),
+                "rows": self.rows,
+            },
+        }
+
+    def restore(self, state: dict[str, Any], source: str) -> None:
+        check_identity(state["training_identity"], training_identity(self.editor.job_cfg), source)
+        self.editor.load_network_state(state["networks"])
+        self.editor.selection_counts = state.get("selection_counts")
+        progress = state["progress"]
+        self.trajectory = int(progress["trajectory"])
+        self.global_step = int(progress["global_step"])
+        self.net_optimizer.load_state_dict(progress["net_optimizer"])
+        if self.router_optimizer is not None:
+            self.router_optimizer.load_state_dict(progress["router_optimizer"])
+        self.sampler.set_state(progress["sampler"])
+        self.rows = list(progress["rows"])
+
+    # --- static-k support -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def count_selections(self, n_records: int) -> list[int]:
+        """How often the trained router's top-K picks each module over a sequential train stream."""
+        editor = self.editor
+        counts = [0] * len(editor.modules)
+        editor.reset_weights()
+        for i in range(n_records):
+            records = [self.records[self.order[i % len(self.records)]]]
+            with torch.enable_grad():
+                captures, _ = editor.capture(records)
+            selected = topk_mask(editor.scores(captures), editor.k).nonzero().flatten().tolist()
+            for index in selected:
+                counts[index] += 1
+            editor.step = i
+            editor.commit(editor.factors(captures, selected), selected)
+        editor.reset_weights()
+        return counts
+
+
+def write_log(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_COLUMNS})
+    os.replace(tmp, path)
+    return path
+
+
+def train_editor(
+    editor: HiEditor,
+    records: Sequence[EditRecord],
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    log_path: str | os.PathLike[str] | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``editor``'s networks on ``records`` and write the checkpoint ``out`` and a loss CSV.
+
+    With ``resume`` an existing checkpoint at ``out`` (same configuration, else
+    ``CheckpointMismatchError``) is continued. ``stop_after`` ends the run after that many
+    trajectories in total (an interruption, for tests), leaving a resumable checkpoint.
+    """
+    out = Path(out)
+    log_path = Path(log_path) if log_path is not None else default_log_path(out)
+    trainer = Trainer(editor, records)
+    cfg = trainer.cfg
+    if resume and out.is_file():
+        state = torch.load(out, map_location=editor.device, weights_only=False)
+        trainer.restore(state, str(out))
+        log.info("resuming %s at trajectory %d", out, trainer.trajectory)
+    total = int(cfg["n_trajectories"])
+    end = total if stop_after is None else min(total, stop_after)
+    every = int(cfg["checkpoint_every"])
+    bar = tqdm(
+        range(trainer.trajectory, end),
+        desc=f"train {editor.variant.name}",
+        unit="traj",
+        disable=not progress,
+    )
+    for _ in bar:
+        rows = trainer.run_trajectory()
+        trainer.rows.extend(rows)
+        mean_loss = sum(r["loss"] for r in rows) / len(rows)
+        bar.set_postfix(loss=f"{mean_loss:.3f}")
+        log.info(
+            "trajectory %d: mean L_low %.4f, %.2f s/step",
+            trainer.trajectory - 1,
+            mean_loss,
+            sum(r["seconds"] for r in rows) / len(rows),
+        )
+        if trainer.trajectory % every == 0 and trainer.trajectory < total:
+            _atomic_save(trainer.checkpoint_state(complete=False), out)
+            write_log(trainer.rows, log_path)
+    complete = trainer.trajectory >= total
+    if complete and editor.router is not None and editor.selection_counts is None:
+        editor.selection_counts = trainer.count_selections(int(cfg["trajectory_length"]))
+    _atomic_save(trainer.checkpoint_state(complete=complete), out)
+    write_log(trainer.rows, log_path)
+    return TrainResult(out, log_path, trainer.rows)
