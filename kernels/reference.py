@@ -2,8 +2,10 @@
 
 Same semantics as the Triton kernel: for every selected layer ``W += s * B.T @ A`` with the
 product accumulated in fp32 and rounded once into the weight's dtype. The weight is processed
-in row blocks so the fp32 temporaries stay small and cache-resident (a full fp32 copy of a Llama-3-8B MLP matrix
-is 235 MB, and fresh allocations of that size are what makes the dense path slow on CPU).
+in row blocks through one reused fp32 scratch block, so temporaries stay small and in cache (a
+full fp32 copy of a Llama-3-8B MLP matrix is 235 MB, and fresh allocations of that size are
+what makes the dense path slow on CPU). Weights already in fp32, and fp32 master copies, are
+updated by ``addmm_`` in place with no temporary at all.
 """
 
 from __future__ import annotations
