@@ -17,6 +17,8 @@ from hiedit.reporting.tables import (
     K_SWEEP_PREFIX,
     REFERENCE_VARIANT,
     TABLE_METRICS,
+    UNEDITED,
+    VARIANT_ORDER,
     final_metrics,
     mean_interval,
     order_variants,
@@ -65,17 +67,37 @@ def _save(fig: Figure, out: str | os.PathLike[str]) -> None:
     plt.close(fig)
 
 
+def _label_rows(grid, y_label: str) -> None:
+    """Name each row of a row × column grid on its first panel's y axis.
+
+    Run names ("model / dataset") are too long for seaborn's rotated margin titles, which would
+    push the rows apart.
+    """
+    for ax in grid.axes.flat:
+        ax.set_title("")
+    for col_name, ax in zip(grid.col_names, grid.axes[0], strict=True):
+        ax.set_title(col_name)
+    for row_name, axes in zip(grid.row_names, grid.axes, strict=True):
+        axes[0].set_ylabel(f"{row_name}\n{y_label}")
+
+
 def _run_label(frame: pd.DataFrame) -> pd.Series:
     return frame["model"] + " / " + frame["dataset"]
 
 
 def variant_palette(variants: Sequence[str]) -> dict[str, tuple[float, float, float]]:
-    """One colour per variant, fixed by presentation order so every figure agrees."""
+    """One colour per variant; the named variants keep theirs in every figure.
+
+    Colours follow :data:`VARIANT_ORDER`; other variants (the K sweep) take the next ones in
+    presentation order.
+    """
     import seaborn as sns
 
-    ordered = order_variants(variants)
-    colours = sns.color_palette("tab10", n_colors=max(len(ordered), 1))
-    return dict(zip(ordered, colours, strict=False))
+    named = [v for v in VARIANT_ORDER if v != UNEDITED]
+    others = [v for v in order_variants(variants) if v not in named]
+    colours = sns.color_palette("tab10", n_colors=10)
+    ordered = named + others
+    return {v: colours[ordered.index(v) % len(colours)] for v in variants}
 
 
 def module_label(name: str) -> str:
@@ -155,10 +177,10 @@ def k_sweep_figure(
         err_style="bars",
         height=2.6,
         aspect=1.1,
-        facet_kws={"sharey": False, "margin_titles": True},
+        facet_kws={"sharey": False},
     )
-    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
     grid.set_axis_labels("K (modules edited per edit)", "%")
+    _label_rows(grid, "%")
     for ax in grid.axes.flat:
         ax.xaxis.get_major_locator().set_params(integer=True)
     grid.legend.set_title("")
@@ -208,10 +230,10 @@ def learning_curves_figure(
         err_kws={"alpha": 0.12},
         height=2.6,
         aspect=1.25,
-        facet_kws={"sharey": False, "margin_titles": True},
+        facet_kws={"sharey": False},
     )
-    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
     grid.set_axis_labels("edits made", "%")
+    _label_rows(grid, "%")
     grid.figure.suptitle("Learning curves along the edit stream", y=1.02)
     _save(grid.figure, out)
     return data
