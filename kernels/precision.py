@@ -34,11 +34,23 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 @dataclass
 class _Entry:
-    ref: weakref.ReferenceType
+    storage: weakref.ReferenceType  # the weight's storage: the buffer lives as long as it does
+    last: weakref.ReferenceType  # the tensor object last committed through
     kind: str  # "master" or "compensation"
     buffer: torch.Tensor
-    data_ptr: int
     version: int | None  # None: the weight has no version counter (inference tensor)
+
+
+def _key(weight: torch.Tensor) -> tuple:
+    # Keyed by memory, not by Python object: `.data` / `.detach()` views made afresh on every
+    # call must find the same buffer. Storage objects are cached by torch and weakly referenced
+    # here, so an id cannot be reused while its entry exists.
+    return (
+        id(weight.untyped_storage()),
+        weight.storage_offset(),
+        tuple(weight.shape),
+        weight.dtype,
+    )
 
 
 def _version(weight: torch.Tensor) -> int | None:
@@ -51,12 +63,14 @@ def _version(weight: torch.Tensor) -> int | None:
 class PrecisionState:
     """Per-weight buffers for the exact precision modes, carried across commits.
 
-    Buffers are created lazily on the first commit to a weight and keyed by the weight tensor
-    itself (held weakly: a buffer goes away with its weight). If a weight is changed by anything
+    Buffers are created lazily on the first commit to a weight and keyed by the weight's memory
+    (storage, offset, shape, dtype), so views such as ``.detach()`` or ``.data`` find the same
+    buffer; a buffer goes away with its weight's storage. If a weight is changed by anything
     other than a commit (e.g. reset to the base model with ``copy_``), its buffer is re-seeded
-    from the new value on the next commit, so a stale master copy can never overwrite it.
-    Detection uses the tensor's version counter and data pointer; weights created under
-    ``torch.inference_mode`` have no version counter, so after changing those call ``reset()``.
+    from the new value on the next commit, so a stale master copy can never overwrite it. This
+    uses the tensor's version counter and works when the same tensor object (e.g.
+    ``module.weight``) is passed each time; after changing weights through ``.data``, or ones
+    created under ``torch.inference_mode`` (no version counter), call ``reset()``.
     """
 
     def __init__(
@@ -70,8 +84,8 @@ class PrecisionState:
             )
         self.mode = mode
         self.compensation_dtype = compensation_dtype
-        self._entries: dict[int, _Entry] = {}
-        self._order: list[int] = []  # first-seen order, for index-keyed checkpoints
+        self._entries: dict[tuple, _Entry] = {}
+        self._order: list[tuple] = []  # first-seen order, for index-keyed checkpoints
 
     def __repr__(self) -> str:
         return f"PrecisionState(mode={self.mode!r}, buffers={len(self._entries)})"
@@ -93,15 +107,13 @@ class PrecisionState:
         if mode == "nearest":
             return mode, None
         kind = "master" if mode == "master" else "compensation"
-        key = id(weight)
+        key = _key(weight)
         entry = self._entries.get(key)
+        # Version counters are only comparable on the object committed through last time
+        # (`.data` views get a fresh counter), so an external write is detected when the caller
+        # passes the same tensor, e.g. `module.weight`, each time.
         if entry is not None and (
-            entry.ref() is not weight
-            or entry.kind != kind
-            or entry.buffer.shape != weight.shape
-            or entry.buffer.device != weight.device
-            or entry.data_ptr != weight.data_ptr()
-            or entry.version != _version(weight)
+            entry.kind != kind or (entry.last() is weight and entry.version != _version(weight))
         ):
             self._drop(key)
             entry = None
@@ -111,10 +123,13 @@ class PrecisionState:
 
     def mark_committed(self, weight: torch.Tensor) -> None:
         """Record that ``weight`` was just written by a commit, so it is not seen as stale."""
-        entry = self._entries.get(id(weight))
+        entry = self._entries.get(_key(weight))
         if entry is not None:
+            entry.last = weakref.ref(weight)
             entry.version = _version(weight)
-            entry.data_ptr = weight.data_ptr()
+
+    def _lookup(self, weight: torch.Tensor) -> _Entry | None:
+        return self._entries.get(_key(weight))
 
     def _create(self, weight: torch.Tensor, kind: str) -> _Entry:
         if kind == "master":
@@ -122,22 +137,26 @@ class PrecisionState:
         else:
             dtype = self.compensation_dtype or weight.dtype
             buffer = torch.zeros(weight.shape, dtype=dtype, device=weight.device)
-        key = id(weight)
+        key = _key(weight)
         state_ref = weakref.ref(self)
 
-        def _forget(_: weakref.ReferenceType, key: int = key) -> None:
+        def _forget(_: weakref.ReferenceType, key: tuple = key) -> None:
             state = state_ref()
             if state is not None:
                 state._drop(key)
 
         entry = _Entry(
-            weakref.ref(weight, _forget), kind, buffer, weight.data_ptr(), _version(weight)
+            weakref.ref(weight.untyped_storage(), _forget),
+            weakref.ref(weight),
+            kind,
+            buffer,
+            _version(weight),
         )
         self._entries[key] = entry
         self._order.append(key)
         return entry
 
-    def _drop(self, key: int) -> None:
+    def _drop(self, key: tuple) -> None:
         self._entries.pop(key, None)
         if key in self._order:
             self._order.remove(key)
@@ -153,8 +172,8 @@ class PrecisionState:
         buffers: dict[str, dict[str, Any]] = {}
         if named_weights is not None:
             for name, weight in named_weights.items():
-                entry = self._entries.get(id(weight))
-                if entry is not None and entry.ref() is weight:
+                entry = self._lookup(weight)
+                if entry is not None:
                     buffers[name] = {"kind": entry.kind, "buffer": entry.buffer}
         else:
             for position, key in enumerate(self._order):

@@ -244,3 +244,14 @@ def test_importing_kernels_does_not_import_hiedit():
     code = "import sys, kernels; assert 'hiedit' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_fresh_views_share_one_buffer():
+    # Callers may pass `module.weight.data` (a new tensor object every time).
+    param = torch.nn.Parameter(torch.ones(4, 8, dtype=torch.bfloat16), requires_grad=False)
+    a, b = torch.full((1, 8), 2.0**-10), torch.ones(1, 4)
+    state = kernels.PrecisionState("master")
+    for _ in range(64):
+        kernels.lowrank_update_([param.data], [a], [b], [1.0], state=state)
+    assert len(state.state_dict()["buffers"]) == 1
+    assert torch.allclose(param.float(), torch.full((4, 8), 1 + 64 * 2.0**-10), atol=2.0**-7)
