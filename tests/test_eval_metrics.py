@@ -87,6 +87,8 @@ def test_position_stats_by_hand():
     # old tokens only at the first answer position of each row: 3 > 2 yes, 1 > 4 no.
     assert stats.n_aligned.tolist() == [1, 1]
     assert stats.n_preferred.tolist() == [1, 0]
+    expected_old = [logits[0, 1].log_softmax(-1)[2], logits[1, 2].log_softmax(-1)[2]]
+    assert stats.old_log_prob.tolist() == pytest.approx([float(v) for v in expected_old], abs=1e-6)
 
 
 def test_logit_rule_is_strict_and_uses_aligned_positions_only():
@@ -164,10 +166,11 @@ def test_counterfact_logit_and_probability_rules(tok):
     assert again["efficacy"].tolist() == [0.5]  # the per-position rule is unchanged
 
 
-def test_forward_count_is_linear_and_batches_do_not_change_results(tok):
+@pytest.fixture(scope="module")
+def tiny(tok):
     from hiedit.models.tiny import build_tiny_llama
 
-    model = build_tiny_llama(
+    return build_tiny_llama(
         {
             "hidden_size": 32,
             "intermediate_size": 64,
@@ -179,6 +182,21 @@ def test_forward_count_is_linear_and_batches_do_not_change_results(tok):
         len(tok),
         0,
     )
+
+
+class FullLogits(torch.nn.Module):
+    """Wraps a model behind a forward without ``logits_to_keep``: the LM head sees every position."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+def test_forward_count_is_linear_and_batches_do_not_change_results(tok, tiny):
+    model = tiny
     records = [
         _cf(i, f"The {i}th city lies in", "Ruritania" if i % 2 else "Oz", "Freedonia"[: 3 + i])
         for i in range(7)
@@ -195,3 +213,34 @@ def test_mixed_formats_are_refused(tok):
     lm = BigramLM(len(tok))
     with pytest.raises(ValueError, match="mix formats"):
         score_records(lm, tok, [_zsre(0, "a", "b"), _cf(1, "a", "b", "c")], batch_size=2)
+
+
+def test_lm_head_on_the_answer_span_only_changes_nothing(tok, tiny):
+    records = [
+        _zsre(i, f"Where is town {i}? In", "Utopia"[: 2 + i], "nq question: x" * i, "yz")
+        for i in range(4)
+    ]
+    sliced = score_records(tiny, tok, records, batch_size=3)
+    full = score_records(FullLogits(tiny), tok, records, batch_size=3)
+    assert sliced.predictions == full.predictions
+    assert sliced.frame.equals(full.frame)
+
+
+def test_old_pass_is_shared_only_where_the_contexts_are_identical(tok, tiny):
+    # A separate old pass is needed unless old[:-1] is a prefix of the target's tokens.
+    # edit/equiv (old = true answer vs target " Oz"): " q" and " Oa" share, " Ozzy" (longer) and
+    # " Xz" (diverges before its last token) do not. unrel (old = " Oz" vs the true answer):
+    # " Oa" and " Ozzy" share, " q" (shorter) and " Xz" do not. Two own passes per role.
+    records = [
+        _cf(0, "Ann lives in", "Oz", "q"),
+        _cf(1, "Bob lives in", "Oz", "Oa"),
+        _cf(2, "Cid lives in", "Oz", "Ozzy"),
+        _cf(3, "Dee lives in", "Oz", "Xz"),
+    ]
+    shared = score_records(tiny, tok, records, batch_size=1)
+    separate = score_records(tiny, tok, records, batch_size=1, share_prefix=False)
+    assert separate.n_forwards == 6 * 4
+    # edit/equiv (old = true answer): records 0 and 1 shared; unrel (old = " Oz"): old[:-1] = " O"
+    # is a prefix of " q"? no; of " Oa" yes; of " Ozzy" yes; of " Xz" no.
+    assert shared.n_forwards == 3 * 4 + 2 * 2 + 2
+    assert shared.frame.equals(separate.frame)
