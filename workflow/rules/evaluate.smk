@@ -6,6 +6,7 @@ rule evaluate:
         model=lambda w: model_inputs(w.model),
         eval="results/data/{dataset}/eval.parquet",
         editor=checkpoint_of,
+        cfg=rules.write_run_config.output[0],
     output:
         metrics="results/eval/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv",
         summary="results/eval/{model}/{dataset}/{variant}/seed{seed}/metrics.json",
@@ -22,10 +23,9 @@ rule evaluate:
         mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 3000,
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
     params:
-        cfg=run_config,
         out_dir=subpath(output.metrics, parent=True),
     shell:
-        "python -m hiedit evaluate --run-config {params.cfg:q} --eval-data {input.eval}"
+        "python -m hiedit evaluate --run-config {input.cfg} --eval-data {input.eval}"
         " --checkpoint {input.editor} --out-dir {params.out_dir} > {log} 2>&1"
 
 

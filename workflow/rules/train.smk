@@ -1,10 +1,24 @@
 # Editor training: both networks over edit trajectories (method.md §5), per model × dataset × variant × seed.
 
 
+rule write_run_config:
+    output:
+        "results/configs/{model}/{dataset}/{variant}/seed{seed}.json",
+    log:
+        "results/logs/write_run_config/{model}/{dataset}/{variant}/seed{seed}.log",
+    params:
+        cfg=run_config,
+    run:
+        # A params change (config.yaml edit) reruns this job and, through its output, the jobs below.
+        with open(output[0], "w") as handle:
+            print(params.cfg, file=handle)
+
+
 rule train_editor:
     input:
         model=lambda w: model_inputs(w.model),
         train="results/data/{dataset}/train.parquet",
+        cfg=rules.write_run_config.output[0],
     output:
         editor="results/editors/{model}/{dataset}/{variant}/seed{seed}/editor.pt",
         curve="results/editors/{model}/{dataset}/{variant}/seed{seed}/train_log.csv",
@@ -18,8 +32,6 @@ rule train_editor:
     resources:
         mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 3000,
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
-    params:
-        cfg=run_config,
     shell:
-        "python -m hiedit train --run-config {params.cfg:q} --train-data {input.train}"
+        "python -m hiedit train --run-config {input.cfg} --train-data {input.train}"
         " --out {output.editor} --log-curve {output.curve} > {log} 2>&1"
