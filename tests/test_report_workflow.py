@@ -75,9 +75,13 @@ def write_synthetic_upstream(workdir: Path, files: list[str]) -> None:
     """Schema-correct stand-ins for the training and evaluation outputs, oldest first."""
     rng = random.Random(0)
 
+    # Dependency order of the upstream stages; anything else (e.g. per-job configs) sits
+    # between the raw data and the editors.
+    order = {"results/data/geofacts/": 0, "results/editors/": 2, "results/eval/": 3}
+    order["results/tables/"] = 4
+
     def stage(path: str) -> int:
-        order = ("results/data/geofacts/", "results/data/", "results/editors/", "results/eval/")
-        return next((i for i, prefix in enumerate(order) if path.startswith(prefix)), len(order))
+        return next((i for prefix, i in order.items() if path.startswith(prefix)), 1)
 
     variants = sorted({Path(f).parts[-3] for f in files if f.endswith("per_edit.csv")})
     for current in range(5):
