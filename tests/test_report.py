@@ -68,7 +68,15 @@ def synthetic_metrics(
                     for t in checkpoints:
                         for metric in METRICS:
                             rows.append(
-                                (model, dataset, variant, seed, t, metric, rng.uniform(0.2, 0.9))
+                                (
+                                    model,
+                                    dataset,
+                                    variant,
+                                    seed,
+                                    t,
+                                    f"curve_{metric}",
+                                    rng.uniform(0.2, 0.9),
+                                )
                             )
     return pd.DataFrame(
         rows, columns=["model", "dataset", "variant", "seed", "n_edits", "metric", "value"]

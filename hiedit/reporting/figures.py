@@ -34,6 +34,7 @@ CURVE_METRICS: dict[str, str] = {
     "generalization": "Generalization",
     "specificity": "Specificity",
 }
+CURVE_PREFIX = "curve_"
 ALL_RELATIONS = "all"
 OTHER_RELATIONS = "other"
 DENSE_LABEL = "rledit (dense, K = L)"
@@ -190,8 +191,14 @@ def k_sweep_figure(
 
 
 def learning_curve_data(metrics: pd.DataFrame, include_sweep: bool = False) -> pd.DataFrame:
-    """Curve metrics (percent) at every checkpoint; K-sweep runs only with ``include_sweep``."""
-    data = metrics[metrics["metric"].isin(CURVE_METRICS)].copy()
+    """Curve metrics (percent) at every checkpoint; K-sweep runs only with ``include_sweep``.
+
+    The evaluation writes checkpoint values as ``curve_<metric>`` rows (a fixed sample of the
+    edits made so far), apart from the final metrics over the whole stream.
+    """
+    name = metrics["metric"].str.removeprefix(CURVE_PREFIX)
+    data = metrics[metrics["metric"].str.startswith(CURVE_PREFIX) & name.isin(CURVE_METRICS)].copy()
+    data["metric"] = name[data.index]
     if not include_sweep:
         data = data[~data["variant"].str.startswith(K_SWEEP_PREFIX)]
     if data.empty:
