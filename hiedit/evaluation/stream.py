@@ -115,7 +115,9 @@ class StreamResult:
     and the unedited model's ``unedited_*`` on the same records; ``per_edit``: one row per edit
     (index, record_id, relation, selected, seconds, wall_seconds, the record's metric values after
     the stream, and its ``unedited_*`` values); ``curve``: one row per checkpoint (n_edits,
-    n_scored, metrics of the sample); ``n_forwards``: scoring forwards (the editor's excluded).
+    n_scored, metrics of the sample); ``n_forwards``: scoring forwards (the editor's excluded);
+    ``seconds``: unedited_scoring, final_scoring, edits (sum of the editor's step times) and
+    this_process (wall time of this call, which after a resume covers only the remainder).
     """
 
     n_edits: int
@@ -287,9 +289,11 @@ def run_stream(
         edit_log = list(saved["per_edit"])
         curve_rows = list(saved["curve"])
         n_forwards = int(saved["n_forwards"])
+        unedited_seconds = float(saved["unedited_seconds"])
         log.info("resuming the stream after %d of %d edits from %s", done, total, folder.folder)
     else:
         unedited = score(stream, None, "scoring unedited")
+        unedited_seconds = time.perf_counter() - started
         unedited_table = _score_frame(unedited)
         unedited_predictions = unedited.predictions
         done, edit_log, curve_rows, n_forwards = 0, [], [], unedited.n_forwards
@@ -302,6 +306,7 @@ def run_stream(
             "unedited": unedited_table,
             "unedited_predictions": unedited_predictions,
             "n_forwards": n_forwards,
+            "unedited_seconds": unedited_seconds,
             "rng": _rng_state(),
         }
 
@@ -342,11 +347,12 @@ def run_stream(
                     {"n_edits": done, "n_scored": len(sample), **summarize(scores.frame, columns)}
                 )
             periodic = settings.save_every > 0 and done % settings.save_every == 0
-            if folder is not None and done < total and (periodic or done in checkpoints):
+            # Also after the last edit: a crash in the final scoring then redoes no edit.
+            if folder is not None and (periodic or done in checkpoints):
                 folder.save(editor, snapshot())
     finally:
         bar.close()
-    stream_seconds = time.perf_counter() - started
+    edited_at = time.perf_counter()
 
     final = score(stream, unedited_predictions, "scoring edited")
     n_forwards += final.n_forwards
@@ -380,9 +386,10 @@ def run_stream(
     )
     curve = pd.DataFrame(curve_rows, columns=["n_edits", "n_scored", *columns])
     seconds = {
-        "total": time.perf_counter() - started,
-        "stream": stream_seconds,
-        "edit_sum": float(per_edit["seconds"].sum()),
+        "unedited_scoring": unedited_seconds,
+        "final_scoring": time.perf_counter() - edited_at,
+        "edits": float(per_edit["seconds"].sum()),
+        "this_process": time.perf_counter() - started,
     }
     log.info(
         "stream of %d edits: efficacy %.4f, generalization %.4f, specificity %.4f",
