@@ -33,13 +33,13 @@ class Capture:
         return torch.cat([self.u, self.delta], dim=1)
 
 
-def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of each row's mean NLL over its answer positions (labels pre-shifted)."""
-    mask = labels != IGNORE_INDEX
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    safe = labels.clamp_min(0)
-    nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1) * mask
-    return (nll.sum(-1) / mask.sum(-1).clamp_min(1)).sum()
+def position_nll(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of each row's mean NLL, from logits (P × V) at the answer positions only."""
+    nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    n_rows = int(rows.max()) + 1 if rows.numel() else 0
+    sums = nll.new_zeros(n_rows).index_add(0, rows, nll)
+    counts = nll.new_zeros(n_rows).index_add(0, rows, torch.ones_like(nll))
+    return (sums / counts.clamp_min(1)).sum()
 
 
 def row_mask(batch: Batch, token: str) -> torch.Tensor:
@@ -79,8 +79,11 @@ def capture_gradients(
         handles.append(module.register_forward_hook(make_hook(index)))
     try:
         with torch.enable_grad():
-            logits = model(**batch.model_inputs()).logits
-            loss = answer_nll(logits, batch.labels)
+            # The LM head only at the answer positions: it is the largest matrix of a small model.
+            hidden = model.get_decoder()(**batch.model_inputs(), use_cache=False).last_hidden_state
+            positions = batch.labels != IGNORE_INDEX
+            logits = model.get_output_embeddings()(hidden[positions])
+            loss = position_nll(logits, batch.labels[positions], positions.nonzero()[:, 0])
             order = sorted(outputs)
             grads = torch.autograd.grad(loss, [outputs[i] for i in order])
     finally:

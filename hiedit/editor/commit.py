@@ -61,5 +61,5 @@ def commit_update(
     weights = [m.weight for m in modules]
     a = [f.a.detach() if f is not None else None for f in chosen]
     b = [f.b.detach() if f is not None else None for f in chosen]
-    scales = [float(f.scale) if f is not None else 0.0 for f in chosen]
+    scales = [float(f.scale.detach()) if f is not None else 0.0 for f in chosen]
     kernels.lowrank_update_(weights, a, b, scales, [f is not None for f in chosen], state=state)

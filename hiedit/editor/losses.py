@@ -19,6 +19,7 @@ from torch import nn
 from hiedit.data.records import EditRecord
 from hiedit.data.tokenize import IGNORE_INDEX, Batch, encode_qa
 from hiedit.editor.lowlevel import Factors
+from hiedit.editor.prefix import PrefixCache
 from hiedit.editor.sidepath import side_path
 
 
@@ -58,11 +59,20 @@ def scoring_batch(
     return ScoringBatch(batch, torch.tensor(weights, device=device), len(records))
 
 
-def answer_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Logits (P × V) at the answer positions of ``batch`` (row-major order), in fp32."""
-    hidden = model.get_decoder()(**batch.model_inputs()).last_hidden_state
+def answer_logits(
+    model: nn.Module, batch: Batch, prefix: PrefixCache | None = None
+) -> torch.Tensor:
+    """Logits (P × V) at the answer positions of ``batch`` (row-major order), in fp32.
+
+    With ``prefix``, the unedited lower layers come from its cache.
+    """
+    if prefix is not None:
+        hidden = prefix.last_hidden_state(batch)
+    else:
+        hidden = model.get_decoder()(**batch.model_inputs(), use_cache=False).last_hidden_state
     positions = batch.labels != IGNORE_INDEX
-    return model.get_output_embeddings()(hidden[positions]).float()
+    logits = model.get_output_embeddings()(hidden[positions])
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def _per_row_mean(values: torch.Tensor, row_of_position: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -115,6 +125,7 @@ def reference_forward(
     scoring: ScoringBatch,
     *,
     with_full: bool,
+    prefix: PrefixCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad forward of the KL targets and, if ``with_full``, the scoring rows under mask 1.
 
@@ -136,7 +147,7 @@ def reference_forward(
     per_row = torch.cat(row_mask)
     detached = [f.detached() for f in factors]
     with torch.no_grad(), side_path(modules, detached, [per_row] * len(modules)):
-        logits = answer_logits(model, combined)
+        logits = answer_logits(model, combined, prefix)
     n_base = int((parts[0].labels != IGNORE_INDEX).sum())
     base_logp = torch.log_softmax(logits[:n_base], dim=-1)
     return base_logp, (logits[n_base:] if with_full else None)

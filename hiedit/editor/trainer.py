@@ -33,6 +33,7 @@ from hiedit.editor.api import (
     network_identity,
 )
 from hiedit.editor.losses import answer_logits, low_level_loss, reference_forward, scoring_batch
+from hiedit.editor.prefix import PrefixCache
 from hiedit.editor.router import gumbel_topk, straight_through, topk_mask
 from hiedit.editor.sidepath import side_path
 from hiedit.errors import ConfigError, NonFiniteError
@@ -127,6 +128,7 @@ class Trainer:
             else None
         )
         self.sampler = torch.Generator().manual_seed(seed + 2)
+        self.prefix = PrefixCache(editor.model, editor.modules)
         self.trajectory = 0
         self.global_step = 0
         self.rows: list[dict[str, Any]] = []
@@ -163,11 +165,11 @@ class Trainer:
         )
         need_full = self.score_function and self.intrinsic
         base_logp, full_logits = reference_forward(
-            editor.model, editor.modules, factors, scoring, with_full=need_full
+            editor.model, editor.modules, factors, scoring, with_full=need_full, prefix=self.prefix
         )
         coefs = {"loc_coef": float(cfg["loc_coef"]), "l2_coef": float(cfg["l2_coef"])}
         with side_path(editor.modules, factors, list(mask)):
-            logits = answer_logits(editor.model, scoring.batch)
+            logits = answer_logits(editor.model, scoring.batch, self.prefix)
         parts = low_level_loss(logits, base_logp, scoring, factors, mask, **coefs)
         loss_full = None
         if need_full:
@@ -179,7 +181,7 @@ class Trainer:
         if not bool(torch.isfinite(parts.total)):
             raise NonFiniteError(
                 f"training step {self.global_step} (trajectory {self.trajectory}, step {step}): "
-                f"the low-level loss is {float(parts.total)}"
+                f"the low-level loss is {float(parts.total.detach())}"
             )
         objective = parts.total
         reward = None
@@ -195,13 +197,13 @@ class Trainer:
             "trajectory": self.trajectory,
             "step": step,
             "global_step": self.global_step,
-            "loss": float(parts.total),
+            "loss": float(parts.total.detach()),
             "loss_full": None if loss_full is None else float(loss_full),
-            "ce": float(parts.ce),
-            "kl": float(parts.kl),
-            "l2": float(parts.l2),
+            "ce": float(parts.ce.detach()),
+            "kl": float(parts.kl.detach()),
+            "l2": float(parts.l2.detach()),
             "reward": None if reward is None else float(reward),
-            "log_prob": None if log_prob is None else float(log_prob),
+            "log_prob": None if log_prob is None else float(log_prob.detach()),
             "edit_nll_before": nll_before,
             "selected": ";".join(map(str, selected)),
             "seconds": time.perf_counter() - started,
