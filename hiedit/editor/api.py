@@ -9,6 +9,7 @@ configuration and, optionally, a trained checkpoint.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -365,6 +366,15 @@ def _atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _atomic_json(obj: Any, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
 
