@@ -227,8 +227,9 @@ class _StateFolder:
         log.debug("saved stream state after %d edits in %s", progress["done"], self.folder)
 
 
-def _score_frame(scores: Scores, prefix: str = "") -> dict[str, list[float]]:
-    return {prefix + column: scores.frame[column].tolist() for column in scores.frame.columns}
+def _score_frame(scores: Scores) -> dict[str, list[float]]:
+    # Plain lists: the progress file is loaded with ``weights_only=True``.
+    return {column: scores.frame[column].tolist() for column in scores.frame.columns}
 
 
 def run_stream(
