@@ -140,3 +140,20 @@ def test_score_function_gradient_matches_finite_difference():
             / (2 * eps)
         )
         assert z.grad[i].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-8)
+
+
+def test_every_lowlevel_parameter_gets_a_gradient_at_initialisation():
+    net = LowLevelNet(
+        4, 6, 2, rank=3, n_blocks=2, lr=0.5, generator=torch.Generator().manual_seed(0)
+    )
+    g = torch.Generator().manual_seed(6)
+    caps = [
+        Capture(torch.randn(3, 4, generator=g), torch.randn(3, 6, generator=g)) for _ in range(2)
+    ]
+    target = torch.randn(6, 4, generator=g)
+    loss = sum(((f.dense() - target) ** 2).sum() for f in net(caps, [0, 1]))
+    loss.backward()
+    for name, param in net.named_parameters():
+        if name.startswith("down.") or name == "module_scale":
+            continue  # both multiply the zero-initialised up-projection path: no gradient yet
+        assert param.grad is not None and param.grad.abs().sum() > 0, name

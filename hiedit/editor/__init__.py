@@ -28,7 +28,11 @@ Where this implementation deliberately differs from the public research code (me
   low-rank factors, and committed in place by one grouped low-rank update (exact in bf16/fp16 with
   a compensation buffer). Update norms use n × n Gram matrices; no dense Δ is formed.
 - The learned step size is parametrised as ``η_m = lr · exp(ρ_m)`` so Adam changes it by relative
-  amounts; the locality KL is taken over the unrelated tuple's answer positions.
+  amounts, with its own Adam rate ``training.step_size_lr`` (MEND's ``lr_lr``; ``meta_lr`` when
+  absent). The blocks' non-linearity is ``clamp_min(0)``, whose gradient at 0 is 1: with the
+  zero-initialised up-projection a ``relu`` would never receive a gradient.
+- The locality KL is taken over the unrelated tuple's answer positions; the layers below the first
+  candidate module are computed once per tuple and cached (they are never edited).
 """
 
 from hiedit.editor.api import EditStep, HiEditor, load_editor, network_identity

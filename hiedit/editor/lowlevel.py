@@ -102,7 +102,10 @@ class LowLevelNet(nn.Module):
         for block in range(len(self.down)):
             scale = self.module_scale[module_index, block]
             shift = self.module_shift[module_index, block]
-            inner = torch.relu(h @ self.down[block] @ self.up[block] + self.bias[block])
+            # clamp_min, not relu: at initialisation the argument is exactly 0 (zero up-projection
+            # and bias) and relu's gradient there is 0, which would leave the block dead forever;
+            # clamp_min passes the gradient at 0.
+            inner = (h @ self.down[block] @ self.up[block] + self.bias[block]).clamp_min(0)
             h = h + scale * inner + shift
         return h
 

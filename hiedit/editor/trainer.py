@@ -67,6 +67,7 @@ TRAINING_KEYS = (
     "meta_lr",
     "clip_norm",
     "update_every",
+    "step_size_lr",
     "intrinsic_reward",
     "pathwise_gradient",
     "score_function",
@@ -88,7 +89,7 @@ def training_identity(job_cfg: dict[str, Any]) -> dict[str, Any]:
     identity["seed"] = int(job_cfg["seed"])
     identity["dataset_name"] = job_cfg.get("dataset_name")
     for key in TRAINING_KEYS:
-        identity[f"training.{key}"] = job_cfg["training"][key]
+        identity[f"training.{key}"] = job_cfg["training"].get(key)
     identity["editor.gumbel_tau"] = job_cfg["editor"]["gumbel_tau"]
     return identity
 
@@ -121,7 +122,14 @@ class Trainer:
         self.has_router = editor.router is not None
         self.pathwise = bool(cfg["pathwise_gradient"]) and self.has_router
         self.score_function = bool(cfg["score_function"]) and self.has_router
-        self.net_optimizer = torch.optim.Adam(editor.nets.parameters(), lr=float(cfg["meta_lr"]))
+        # The log step sizes ρ_m (η_m = lr·e^ρ) get their own Adam rate (MEND's "lr_lr"): at the
+        # shared meta_lr a log step size moves by ~meta_lr per step, far too slowly to matter.
+        step_size_lr = float(cfg.get("step_size_lr", cfg["meta_lr"]))
+        log_lrs = [p for n, p in editor.nets.named_parameters() if n.endswith("log_lr")]
+        others = [p for n, p in editor.nets.named_parameters() if not n.endswith("log_lr")]
+        self.net_optimizer = torch.optim.Adam(
+            [{"params": others}, {"params": log_lrs, "lr": step_size_lr}], lr=float(cfg["meta_lr"])
+        )
         self.router_optimizer = (
             torch.optim.Adam(editor.router.parameters(), lr=float(cfg["meta_lr"]))
             if self.has_router
