@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "benchmarks"]
 
 pytestmark = pytest.mark.workflow
 

@@ -79,7 +79,8 @@ def _label_rows(grid, y_label: str) -> None:
     for col_name, ax in zip(grid.col_names, grid.axes[0], strict=True):
         ax.set_title(col_name)
     for row_name, axes in zip(grid.row_names, grid.axes, strict=True):
-        axes[0].set_ylabel(f"{row_name}\n{y_label}")
+        # One line per part: a "model / dataset" name on one line overruns short panels.
+        axes[0].set_ylabel("\n".join([*row_name.split(" / "), y_label]))
 
 
 def _run_label(frame: pd.DataFrame) -> pd.Series:
