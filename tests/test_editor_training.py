@@ -117,3 +117,19 @@ def test_rledit_trains_without_a_router(tmp_path):
     assert editor.router is None and editor.k == 4
     result = train_editor(editor, toy_records(8), tmp_path / "r.pt", progress=False)
     assert all(row["selected"] == "0;1;2;3" for row in result.rows)
+
+
+@pytest.mark.parametrize("style,token", [("malmen", "ans"), ("mend", "ans"), ("malmen", "all")])
+def test_other_styles_and_row_modes_train_and_edit(tmp_path, style, token):
+    job = tiny_job(
+        editor={"style": style, "token": token},
+        training={"n_trajectories": 1, "trajectory_length": 3},
+    )
+    model, tok = tiny_model(job)
+    editor = load_editor(job, model, tok, None)
+    before = [p.detach().clone() for p in editor.nets.parameters()]
+    result = train_editor(editor, toy_records(8), tmp_path / "e.pt", progress=False)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.rows)
+    assert _moved(before, list(editor.nets.parameters())) > 0
+    step = editor.edit_records(toy_records(1))
+    assert len(step.selected) == editor.k
