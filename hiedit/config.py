@@ -21,6 +21,8 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "co
 SECTIONS = ("editor", "training", "evaluation")
 # Variants that reuse another variant's trained networks (method.md §7).
 TRAINED_BY = {"hiedit-rand": "hiedit", "static-k": "hiedit"}
+# Variants evaluated with fresh, untrained networks (the "before training" baseline).
+UNTRAINED = ("hiedit-untrained",)
 K_SWEEP_PREFIX = "hiedit-k"
 
 
@@ -127,8 +129,10 @@ def resolve_setup(config: Mapping[str, Any], setup: str | None = None) -> dict[s
     return resolved
 
 
-def trained_variant(variant: str) -> str:
-    """Which variant's trained networks a variant evaluates with."""
+def trained_variant(variant: str) -> str | None:
+    """Which variant's trained networks a variant evaluates with (None: untrained networks)."""
+    if variant in UNTRAINED:
+        return None
     return TRAINED_BY.get(variant, variant)
 
 

@@ -57,7 +57,7 @@ def test_every_schema_key_has_a_description():
 @pytest.mark.parametrize(
     ("mutate", "key"),
     [
-        (lambda c: c["setups"]["default"]["variants"].append("bogus"), "setups.default.variants[5]"),
+        (lambda c: c["setups"]["default"]["variants"].append("bogus"), "setups.default.variants[6]"),
         (lambda c: c["editor"].update(style="adam"), "editor.style"),
         (lambda c: c["training"].update(back_depth=0), "training.back_depth"),
         (lambda c: c["models"]["smollm2-135m"].update(k=13), "models.smollm2-135m.k"),

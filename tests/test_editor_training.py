@@ -9,7 +9,7 @@ import torch
 from test_editor_support import tiny_job, tiny_model, toy_records
 
 from hiedit.editor import load_editor
-from hiedit.editor.trainer import Trainer, train_editor
+from hiedit.editor.trainer import Trainer, partial_path, train_editor
 from hiedit.errors import CheckpointMismatchError
 
 # Every trajectory replays the same records (n_train = trajectory_length): losses are comparable.
@@ -65,11 +65,13 @@ def test_resume_equals_uninterrupted(tmp_path):
     train_editor(full, toy_records(8), tmp_path / "full.pt", progress=False)
     part = _editor(n_trajectories=3)
     train_editor(part, toy_records(8), tmp_path / "part.pt", stop_after=1, progress=False)
-    assert not torch.load(tmp_path / "part.pt", weights_only=False)["complete"]
+    assert not (tmp_path / "part.pt").exists()  # unfinished runs never write the final path
+    assert not torch.load(partial_path(tmp_path / "part.pt"), weights_only=False)["complete"]
     resumed = _editor(n_trajectories=3)
     result = train_editor(
         resumed, toy_records(8), tmp_path / "part.pt", resume=True, progress=False
     )
+    assert not partial_path(tmp_path / "part.pt").exists()
     a = torch.load(tmp_path / "full.pt", weights_only=False)
     b = torch.load(tmp_path / "part.pt", weights_only=False)
     for key in ("nets", "router"):

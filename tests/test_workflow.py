@@ -51,9 +51,9 @@ def test_paper_dag_has_every_job():
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     # 2 models × 2 datasets × 3 seeds; trained: hiedit, no-intrinsic, rledit + 4 K-sweep values;
-    # evaluated: those plus hiedit-rand and static-k.
+    # evaluated: those plus hiedit-rand, static-k (hiedit's networks) and hiedit-untrained.
     assert counts["train_editor"] == 2 * 2 * 3 * 7
-    assert counts["evaluate"] == 2 * 2 * 3 * 9
+    assert counts["evaluate"] == 2 * 2 * 3 * 10
     assert counts["download_dataset"] == 3
     assert counts["prepare_data"] == 2
     assert counts["gather_metrics"] == 1

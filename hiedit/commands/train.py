@@ -5,8 +5,9 @@
 router of the job's variant on the train split, writes the checkpoint ``--out`` (atomically; a
 resumable one every ``training.checkpoint_every`` trajectories), the per-step loss log
 (``--log-curve``, default ``editor.loss.csv`` next to the checkpoint) and ``<out>.runinfo.json``
-(library versions, device, seed, wall time). With ``--resume`` an unfinished checkpoint at
-``--out`` written under the same configuration is continued; another configuration is refused
+(library versions, device, seed, wall time). An unfinished run keeps its resumable checkpoint at
+``<out>.partial`` (never at ``--out``); with ``--resume`` that checkpoint, written under the same
+configuration, is continued; another configuration is refused
 with the differing keys listed.
 """
 
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="checkpoint path (editor.pt)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue an unfinished checkpoint at --out"
+        "--resume", action="store_true", help="continue the unfinished run whose checkpoint is <out>.partial"
     )
     parser.add_argument("--log-curve", help="per-step loss CSV (default: <out stem>.loss.csv)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")

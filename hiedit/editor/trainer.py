@@ -328,18 +328,21 @@ def train_editor(
 ) -> TrainResult:
     """Train ``editor``'s networks on ``records`` and write the checkpoint ``out`` and a loss CSV.
 
-    With ``resume`` an existing checkpoint at ``out`` (same configuration, else
-    ``CheckpointMismatchError``) is continued. ``stop_after`` ends the run after that many
-    trajectories in total (an interruption, for tests), leaving a resumable checkpoint.
+    Unfinished checkpoints go to :func:`partial_path` (``<out>.partial``), never to ``out``: a
+    workflow treats ``out`` as the finished result and deletes it when a job fails. With
+    ``resume`` that partial checkpoint (same configuration, else ``CheckpointMismatchError``) is
+    continued. ``stop_after`` ends the run after that many trajectories in total (an
+    interruption, for tests), leaving the resumable partial checkpoint.
     """
     out = Path(out)
+    partial = partial_path(out)
     log_path = Path(log_path) if log_path is not None else default_log_path(out)
     trainer = Trainer(editor, records)
     cfg = trainer.cfg
-    if resume and out.is_file():
-        state = torch.load(out, map_location=editor.device, weights_only=False)
-        trainer.restore(state, str(out))
-        log.info("resuming %s at trajectory %d", out, trainer.trajectory)
+    if resume and partial.is_file():
+        state = torch.load(partial, map_location=editor.device, weights_only=False)
+        trainer.restore(state, str(partial))
+        log.info("resuming %s at trajectory %d", partial, trainer.trajectory)
     total = int(cfg["n_trajectories"])
     end = total if stop_after is None else min(total, stop_after)
     every = int(cfg["checkpoint_every"])
@@ -361,11 +364,22 @@ def train_editor(
             sum(r["seconds"] for r in rows) / len(rows),
         )
         if trainer.trajectory % every == 0 and trainer.trajectory < total:
-            _atomic_save(trainer.checkpoint_state(complete=False), out)
+            _atomic_save(trainer.checkpoint_state(complete=False), partial)
             write_log(trainer.rows, log_path)
     complete = trainer.trajectory >= total
-    if complete and editor.router is not None and editor.selection_counts is None:
+    if not complete:
+        _atomic_save(trainer.checkpoint_state(complete=False), partial)
+        write_log(trainer.rows, log_path)
+        return TrainResult(partial, log_path, trainer.rows)
+    if editor.router is not None and editor.selection_counts is None:
         editor.selection_counts = trainer.count_selections(int(cfg["trajectory_length"]))
-    _atomic_save(trainer.checkpoint_state(complete=complete), out)
+    _atomic_save(trainer.checkpoint_state(complete=True), out)
     write_log(trainer.rows, log_path)
+    partial.unlink(missing_ok=True)
     return TrainResult(out, log_path, trainer.rows)
+
+
+def partial_path(out: str | os.PathLike[str]) -> Path:
+    """Where the resumable checkpoint of an unfinished run of ``out`` lives."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")

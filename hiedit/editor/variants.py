@@ -8,6 +8,10 @@
 | no-intrinsic   | no-intrinsic   | model k                | learned top-K (router trained on r_low) |
 | rledit         | rledit         | L (dense, no router)   | all modules                        |
 | hiedit-k<K>    | hiedit-k<K>    | K                      | learned top-K                      |
+| hiedit-untrained | (none: fresh networks) | model k          | top-K of the untrained router      |
+
+``hiedit-untrained`` is evaluated with the seeded initial networks, never trained: the baseline
+that shows what training adds.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 
 from hiedit.errors import ConfigError
 
-BASE_VARIANTS = ("hiedit", "hiedit-rand", "static-k", "no-intrinsic", "rledit")
+BASE_VARIANTS = ("hiedit", "hiedit-rand", "static-k", "no-intrinsic", "rledit", "hiedit-untrained")
 K_PREFIX = "hiedit-k"
 SELECTIONS = ("learned", "random", "static", "dense")
 
@@ -53,6 +57,7 @@ def resolve_variant(name: str, model_k: int, n_modules: int) -> Variant:
         "static-k": Variant("static-k", "hiedit", model_k, "static", True, None),
         "no-intrinsic": Variant("no-intrinsic", "no-intrinsic", model_k, "learned", True, False),
         "rledit": Variant("rledit", "rledit", n_modules, "dense", False, None),
+        "hiedit-untrained": Variant("hiedit-untrained", "hiedit", model_k, "learned", True, None),
     }
     if name not in table:
         raise ConfigError(

@@ -89,16 +89,23 @@ def run_config(wildcards):
 
 def checkpoint_of(wildcards):
     """The trained editor a variant is evaluated with (hiedit-rand and static-k reuse hiedit's)."""
+    trained = trained_variant(wildcards.variant)
+    if trained is None:
+        return []
     return "results/editors/{model}/{dataset}/{variant}/seed{seed}/editor.pt".format(
         model=wildcards.model,
         dataset=wildcards.dataset,
-        variant=trained_variant(wildcards.variant),
+        variant=trained,
         seed=wildcards.seed,
     )
 
 
+def editor_flag(wildcards, input):
+    return f"--checkpoint {input.editor}" if input.editor else "--untrained"
+
+
 def trained_variants():
-    return sorted({trained_variant(v) for v in SETUP["variants"]})
+    return sorted({trained_variant(v) for v in SETUP["variants"]} - {None})
 
 
 def is_gpu_model(name):

@@ -24,9 +24,10 @@ rule evaluate:
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
     params:
         out_dir=subpath(output.metrics, parent=True),
+        editor=editor_flag,
     shell:
         "python -m hiedit evaluate --run-config {input.cfg} --eval-data {input.eval}"
-        " --checkpoint {input.editor} --out-dir {params.out_dir} > {log} 2>&1"
+        " {params.editor} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule gather_metrics:

@@ -34,4 +34,4 @@ rule train_editor:
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
     shell:
         "python -m hiedit train --run-config {input.cfg} --train-data {input.train}"
-        " --out {output.editor} --log-curve {output.curve} > {log} 2>&1"
+        " --out {output.editor} --log-curve {output.curve} --resume --no-progress > {log} 2>&1"
