@@ -71,7 +71,9 @@ def _check_references(config: Mapping[str, Any], schema: Mapping[str, Any]) -> N
     for name, model in config["models"].items():
         needed = {"local": "path", "hub": "name", "random": "architecture"}[model["source"]]
         if needed not in model:
-            raise ConfigError(f"config key 'models.{name}.{needed}' is required for source {model['source']}")
+            raise ConfigError(
+                f"config key 'models.{name}.{needed}' is required for source {model['source']}"
+            )
         if model["k"] > len(model["modules"]):
             raise ConfigError(
                 f"config key 'models.{name}.k': K = {model['k']} exceeds the {len(model['modules'])} candidate modules"
@@ -81,7 +83,9 @@ def _check_references(config: Mapping[str, Any], schema: Mapping[str, Any]) -> N
             needed = ["url"] if dataset["format"] == "counterfact" else ["train_url", "eval_url"]
             for key in needed:
                 if key not in dataset:
-                    raise ConfigError(f"config key 'datasets.{name}.{key}' is required for a downloaded {dataset['format']} dataset")
+                    raise ConfigError(
+                        f"config key 'datasets.{name}.{key}' is required for a downloaded {dataset['format']} dataset"
+                    )
     if config["setup"] not in config["setups"]:
         raise ConfigError(
             f"config key 'setup': {config['setup']!r} is not one of the setups {sorted(config['setups'])}"
@@ -119,7 +123,8 @@ def resolve_setup(config: Mapping[str, Any], setup: str | None = None) -> dict[s
         "name": name,
         "models": list(chosen["models"]),
         "datasets": list(chosen["datasets"]),
-        "variants": list(chosen["variants"]) + [f"{K_SWEEP_PREFIX}{k}" for k in chosen.get("k_sweep", [])],
+        "variants": list(chosen["variants"])
+        + [f"{K_SWEEP_PREFIX}{k}" for k in chosen.get("k_sweep", [])],
         "seeds": list(chosen["seeds"]),
         "geofacts_eval": chosen.get("geofacts_eval", 0),
     }
@@ -137,7 +142,12 @@ def trained_variant(variant: str) -> str | None:
 
 
 def job_config(
-    config: Mapping[str, Any], resolved: Mapping[str, Any], model: str, dataset: str, variant: str, seed: int
+    config: Mapping[str, Any],
+    resolved: Mapping[str, Any],
+    model: str,
+    dataset: str,
+    variant: str,
+    seed: int,
 ) -> dict[str, Any]:
     """Everything one train/evaluate job needs, as plain JSON-able data."""
     return {

@@ -57,13 +57,19 @@ def test_every_schema_key_has_a_description():
 @pytest.mark.parametrize(
     ("mutate", "key"),
     [
-        (lambda c: c["setups"]["default"]["variants"].append("bogus"), "setups.default.variants[6]"),
+        (
+            lambda c: c["setups"]["default"]["variants"].append("bogus"),
+            "setups.default.variants[6]",
+        ),
         (lambda c: c["editor"].update(style="adam"), "editor.style"),
         (lambda c: c["training"].update(back_depth=0), "training.back_depth"),
         (lambda c: c["models"]["smollm2-135m"].update(k=13), "models.smollm2-135m.k"),
         (lambda c: c.update(setup="nope"), "setup"),
         (lambda c: c["setups"]["smoke"]["models"].append("gpt-5"), "setups.smoke.models[1]"),
-        (lambda c: c["setups"]["smoke"]["overrides"]["training"].update(time_decay=2), "setups.smoke.overrides.training.time_decay"),
+        (
+            lambda c: c["setups"]["smoke"]["overrides"]["training"].update(time_decay=2),
+            "setups.smoke.overrides.training.time_decay",
+        ),
         (lambda c: c["editor"].update(unknown_key=1), "editor"),
         (lambda c: c["datasets"]["zsre"].pop("eval_url"), "datasets.zsre.eval_url"),
     ],
@@ -78,8 +84,12 @@ def test_bad_value_names_the_key(config, mutate, key):
 def test_resolve_setup_merges_overrides_and_adds_k_sweep(config):
     smoke = resolve_setup(config, "smoke")
     assert smoke["editor"]["rank"] == config["setups"]["smoke"]["overrides"]["editor"]["rank"]
-    assert smoke["editor"]["style"] == config["editor"]["style"]  # untouched keys keep the paper value
-    assert [f"hiedit-k{k}" for k in config["setups"]["smoke"]["k_sweep"]] == smoke["variants"][-len(config["setups"]["smoke"]["k_sweep"]):]
+    assert (
+        smoke["editor"]["style"] == config["editor"]["style"]
+    )  # untouched keys keep the paper value
+    assert [f"hiedit-k{k}" for k in config["setups"]["smoke"]["k_sweep"]] == smoke["variants"][
+        -len(config["setups"]["smoke"]["k_sweep"]) :
+    ]
     paper = resolve_setup(config, "paper")
     assert paper["evaluation"]["n_edits"] == 20000
     assert paper["models"] == ["llama3-8b", "gemma2-9b"]

@@ -7,8 +7,7 @@ import zipfile
 import pytest
 
 from hiedit.errors import ModelError
-from hiedit.models import candidate_modules, check_profile, load_model
-from hiedit.models import smollm2
+from hiedit.models import candidate_modules, check_profile, load_model, smollm2
 
 TINY = {
     "source": "random",
@@ -29,7 +28,9 @@ TINY = {
 def test_random_model_loads_and_is_deterministic():
     model_a, tokenizer = load_model(TINY)
     model_b, _ = load_model(TINY)
-    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+    for (name, a), (_, b) in zip(
+        model_a.state_dict().items(), model_b.state_dict().items(), strict=True
+    ):
         assert a.equal(b), name
     assert not any(p.requires_grad for p in model_a.parameters())
     assert tokenizer.padding_side == "right"
@@ -40,7 +41,9 @@ def test_random_model_loads_and_is_deterministic():
 def test_profile_check_lists_every_missing_module():
     model, _ = load_model(TINY)
     with pytest.raises(ModelError) as err:
-        check_profile(model, ["model.layers.0.mlp.gate_proj", "model.layers.7.mlp.up_proj", "model.nope"])
+        check_profile(
+            model, ["model.layers.0.mlp.gate_proj", "model.layers.7.mlp.up_proj", "model.nope"]
+        )
     assert "model.layers.7.mlp.up_proj" in str(err.value) and "model.nope" in str(err.value)
     with pytest.raises(ModelError, match="nn.Linear"):
         check_profile(model, ["model.layers.0.mlp"])

