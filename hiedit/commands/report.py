@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     training = sub.add_parser("training-curves", help="Figure 5: editor training losses")
     training.add_argument("train_log", nargs="+", help="train_log.csv files")
     training.add_argument(
-        "--x", help="step column (default: the first of step, global_step, trajectory)"
+        "--x", help="step column (default: the first of global_step, step, trajectory)"
     )
     training.add_argument(
         "--y", nargs="+", help="loss columns (default: every column naming 'loss')"

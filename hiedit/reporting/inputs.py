@@ -21,7 +21,8 @@ METRICS_COLUMNS = ("model", "dataset", "variant", "seed", "n_edits", "metric", "
 PER_EDIT_COLUMNS = ("index", "relation", "selected", "seconds")
 RUN_COLUMNS = ("model", "dataset", "variant", "seed")
 # Step-like columns a training log may be indexed by, in order of preference.
-TRAIN_X_CANDIDATES = ("step", "global_step", "trajectory")
+# global_step first: "step" restarts at 0 in every trajectory.
+TRAIN_X_CANDIDATES = ("global_step", "step", "trajectory")
 MODULE_SEPARATOR = ";"
 NO_RELATION = "(none)"
 
