@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hiedit.data.atomic import atomic_path
 from hiedit.data.records import QA, EditRecord
 from hiedit.data.tokenize import Batch, encode_qa
 from hiedit.editor.capture import Capture, capture_gradients
@@ -362,21 +363,15 @@ def _request_to_record(index: int, request: Mapping[str, Any]) -> EditRecord:
 
 
 def _atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def _atomic_json(obj: Any, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return Path(path)
 
 
 def read_checkpoint(

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from hiedit.data.atomic import atomic_path
 from hiedit.data.records import EditRecord
 from hiedit.editor.api import (
     CHECKPOINT_KIND,
@@ -304,16 +305,12 @@ class Trainer:
 
 
 def write_log(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_COLUMNS})
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def train_editor(
