@@ -33,7 +33,10 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 def snakemake(
     workdir: Path, *args: str, targets: list[str] = (), timeout: int = 1800
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Rules call `python -m hiedit`: put this interpreter's environment first on PATH, as an
+    # activated virtual environment would.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": path}
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", *targets, "--config", "setup=smoke", *args],
         cwd=workdir,

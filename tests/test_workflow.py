@@ -19,7 +19,10 @@ pytestmark = pytest.mark.workflow
 
 
 def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Rules call `python -m hiedit`: put this interpreter's environment first on PATH, as an
+    # activated virtual environment would.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": path}
     return subprocess.run(
         [*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
