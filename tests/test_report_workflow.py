@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
 import random
-import shutil
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -15,9 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from test_report import synthetic_metrics
+from workflow_helpers import ROOT, copy_workflow, run_snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "benchmarks"]
 # Targets that need only the evaluation and training outputs (not the kernel benchmark).
 RESULT_TARGETS = ["main_table", "ablations", "curves", "timing"]
 SMOKE_MODULES = [
@@ -33,17 +29,8 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 def snakemake(
     workdir: Path, *args: str, targets: list[str] = (), timeout: int = 1800
 ) -> subprocess.CompletedProcess:
-    # Rules call `python -m hiedit`: put this interpreter's environment first on PATH, as an
-    # activated virtual environment would.
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": path}
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", *targets, "--config", "setup=smoke", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
+    result = run_snakemake(
+        [*targets, "--config", "setup=smoke", *args], cwd=workdir, timeout=timeout
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return result
@@ -55,13 +42,7 @@ def workflow_copy(tmp_path: Path) -> Path:
     assert 'include: "workflow/rules/report.smk"' in snakefile, (
         "the Snakefile does not include the report rules"
     )
-    for name in WORKFLOW_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, tmp_path / name)
-    return tmp_path
+    return copy_workflow(tmp_path)
 
 
 def upstream_outputs(workdir: Path) -> list[str]:

@@ -146,7 +146,7 @@ def _learning_curves(args: argparse.Namespace) -> int:
 
 
 def _mask_usage(args: argparse.Namespace) -> int:
-    from hiedit.data.atomic import atomic_path
+    from hiedit.atomic import atomic_path
     from hiedit.reporting.figures import mask_usage_figure
     from hiedit.reporting.inputs import read_per_edit
 
@@ -163,7 +163,7 @@ def _mask_usage(args: argparse.Namespace) -> int:
 
 
 def _edit_time(args: argparse.Namespace) -> int:
-    from hiedit.data.atomic import atomic_path
+    from hiedit.atomic import atomic_path
     from hiedit.reporting.figures import edit_time_figure
     from hiedit.reporting.inputs import read_per_edit
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hiedit.data.atomic import atomic_path
+from hiedit.atomic import atomic_path
 from hiedit.errors import DataError
 
 log = logging.getLogger(__name__)

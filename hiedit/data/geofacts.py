@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiedit.data.atomic import write_json
+from hiedit.atomic import write_json
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from hiedit.data.atomic import write_with
+from hiedit.atomic import write_with
 from hiedit.data.records import FORMATS, QA, ROLES, EditRecord
 from hiedit.errors import DataError
 

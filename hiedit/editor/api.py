@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hiedit.data.atomic import atomic_path
+from hiedit.atomic import atomic_path
 from hiedit.data.records import QA, EditRecord
 from hiedit.data.tokenize import Batch, encode_qa
 from hiedit.editor.capture import Capture, capture_gradients

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hiedit.data.atomic import atomic_path
+from hiedit.atomic import atomic_path
 from hiedit.data.records import EditRecord
 from hiedit.editor.api import (
     CHECKPOINT_KIND,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hiedit.data.atomic import atomic_path
+from hiedit.atomic import atomic_path
 from hiedit.errors import HiEditError
 
 if TYPE_CHECKING:

@@ -207,7 +207,7 @@ class _StateFolder:
     def save(self, editor: SequentialEditor, progress: dict[str, Any]) -> None:
         import torch
 
-        from hiedit.data.atomic import atomic_path
+        from hiedit.atomic import atomic_path
 
         self.folder.mkdir(parents=True, exist_ok=True)
         editor_name = f"editor-{progress['done']:08d}.pt"

@@ -61,7 +61,7 @@ def _t_interval(values: pd.Series) -> tuple[float, float]:
 def _save(fig: Figure, out: str | os.PathLike[str]) -> None:
     import matplotlib.pyplot as plt
 
-    from hiedit.data.atomic import atomic_path
+    from hiedit.atomic import atomic_path
 
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")

@@ -292,7 +292,7 @@ def write_table(
     title: str,
 ) -> None:
     """Write ``table`` as CSV and, if ``html_path`` is given, as an HTML page with :data:`TABLE_NOTE`."""
-    from hiedit.data.atomic import atomic_path
+    from hiedit.atomic import atomic_path
 
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False)
