@@ -127,6 +127,7 @@ def resolve_setup(config: Mapping[str, Any], setup: str | None = None) -> dict[s
         + [f"{K_SWEEP_PREFIX}{k}" for k in chosen.get("k_sweep", [])],
         "seeds": list(chosen["seeds"]),
         "geofacts_eval": chosen.get("geofacts_eval", 0),
+        "job_threads": int(chosen.get("job_threads", 2)),
     }
     overrides = chosen.get("overrides", {})
     for section in SECTIONS:

@@ -73,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--keep-state", action="store_true", help="keep the state after success")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_dispatch)
 
@@ -190,6 +191,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{job['dataset_name']!r} is {expected_format!r}"
         )
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     _seed_everything(seed)
     model, tokenizer = load_model(job["model"], device=device)

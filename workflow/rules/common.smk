@@ -11,6 +11,8 @@ from hiedit.config import (
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 SETUP = resolve_setup(config)
+# Threads per training/evaluation job (see job_threads in the schema).
+JOB_THREADS = SETUP["job_threads"]
 
 
 wildcard_constraints:

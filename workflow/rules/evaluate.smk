@@ -18,7 +18,7 @@ rule evaluate:
         "results/benchmarks/evaluate/{model}/{dataset}/{variant}/seed{seed}.tsv"
     conda:
         "../../envs/hiedit.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 3000,
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
@@ -27,7 +27,8 @@ rule evaluate:
         editor=editor_flag,
     shell:
         "python -m hiedit evaluate --run-config {input.cfg} --eval-data {input.eval}"
-        " {params.editor} --out-dir {params.out_dir} > {log} 2>&1"
+        " {params.editor} --out-dir {params.out_dir}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule gather_metrics:

@@ -28,10 +28,10 @@ rule train_editor:
         "results/benchmarks/train_editor/{model}/{dataset}/{variant}/seed{seed}.tsv"
     conda:
         "../../envs/hiedit.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 3000,
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
     shell:
         "python -m hiedit train --run-config {input.cfg} --train-data {input.train}"
-        " --out {output.editor} --log-curve {output.curve} --resume --no-progress > {log} 2>&1"
+        " --out {output.editor} --log-curve {output.curve} --resume --no-progress --threads {threads} > {log} 2>&1"
