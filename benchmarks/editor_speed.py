@@ -4,7 +4,9 @@ Runs in one process on one model: a training warm-up until the backtracking wind
 timed training steps (capture, route, side-path losses under ω, the base and the full mask,
 backward, commit; optimiser steps as configured); then a sequential eval stream of timed edits
 (capture, route, update of the selected modules, commit) for ``hiedit`` and, in the same process,
-for the dense ``rledit`` (all modules) as a ratio. Results are appended to a CSV with the library
+for the dense ``rledit`` (all modules) as a ratio; a plain no-grad forward of each edit prompt
+(the floor under an eval edit on this machine); and the final-scoring throughput in scored
+tuples per second (``median`` is then a rate, higher is better). Results are appended to a CSV with the library
 versions, the device, the thread count and the load average (the machines are shared: compare
 ratios measured in one run, not absolute times across runs).
 
@@ -33,6 +35,7 @@ from hiedit.config import job_config, load_config, resolve_setup
 from hiedit.data import read_split
 from hiedit.editor import load_editor
 from hiedit.editor.trainer import Trainer
+from hiedit.evaluation.metrics import score_records
 from hiedit.evaluation.runinfo import cpu_name, library_version
 from hiedit.models import load_model
 
@@ -77,6 +80,35 @@ def time_edits(editor, records, warmup: int = 3) -> list[float]:
     return times
 
 
+def time_forwards(editor, records, warmup: int = 3) -> list[float]:
+    """A no-grad forward of each edit prompt at the base weights: the floor under an eval edit.
+
+    An eval edit runs this forward with a graph, a partial backward, the networks and the
+    commit, so it cannot be faster than this on the same machine.
+    """
+    editor.reset_model()
+    times = []
+    with torch.no_grad():
+        for i, record in enumerate(records):
+            batch = editor.encode([record.edit])
+            start = time.perf_counter()
+            editor.model(**batch.model_inputs(), use_cache=False)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def time_scoring(editor, records, batch_size: int, repeats: int = 3) -> list[float]:
+    """Final-scoring throughput: scored (prompt, answer) tuples per second, per repeat."""
+    n_tuples = 3 * len(records)  # edit, equiv and unrel of every record
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        score_records(editor.model, editor.tokenizer, records, batch_size=batch_size)
+        rates.append(n_tuples / (time.perf_counter() - start))
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config.yaml")
@@ -110,6 +142,9 @@ def main() -> None:
     dense_job = {**job, "variant": "rledit"}
     dense = load_editor(dense_job, model, tokenizer, None)
     rows.append(("eval_edit_seconds_rledit", time_edits(dense, eval_records)))
+    rows.append(("forward_floor_seconds", time_forwards(editor, eval_records)))
+    batch_size = int(job["evaluation"]["batch_size"])
+    rows.append(("scoring_tuples_per_second", time_scoring(editor, eval_records, batch_size)))
 
     common = {
         "model": args.model,

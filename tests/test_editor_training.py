@@ -135,3 +135,31 @@ def test_other_styles_and_row_modes_train_and_edit(tmp_path, style, token):
     assert _moved(before, list(editor.nets.parameters())) > 0
     step = editor.edit_records(toy_records(1))
     assert len(step.selected) == editor.k
+
+
+def test_reused_kl_targets_equal_a_fresh_forward_at_the_committed_weights():
+    from hiedit.editor.losses import reference_forward, scoring_batch
+
+    editor = _editor(back_depth=3, trajectory_length=4)
+    trainer = Trainer(editor, toy_records(8))
+    editor.reset_weights()
+    window = []
+    for step in range(3):
+        window.append(trainer.step_records(0, step))
+        window = window[-3:]
+        trainer.train_step(window, step)
+    # The cache holds every window record; recompute them at the weights the commits wrote.
+    scoring = scoring_batch(editor.tokenizer, window, 0.95, "cpu")
+    assert sorted(trainer.kl_targets) == sorted(scoring.record_ids)
+    captures, _ = editor.capture(window[-1])
+    fresh, _ = reference_forward(
+        editor.model, editor.modules, editor.factors(captures), scoring, with_full=False
+    )
+    for rid, logp in zip(scoring.record_ids, fresh, strict=True):
+        torch.testing.assert_close(trainer.kl_targets[rid], logp, rtol=1e-4, atol=1e-4)
+    # ... and the commits really moved them (the check above is not about base weights).
+    editor.reset_weights()
+    base, _ = reference_forward(
+        editor.model, editor.modules, editor.factors(captures), scoring, with_full=False
+    )
+    assert max((a - b).abs().max().item() for a, b in zip(base, fresh, strict=True)) > 1e-3

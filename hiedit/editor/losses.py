@@ -30,6 +30,12 @@ class ScoringBatch:
     batch: Batch
     weights: torch.Tensor  # (R,) time-decay weight μ^j of each record
     n_records: int
+    record_ids: list[str]
+
+    def unrel_counts(self) -> list[int]:
+        """Answer positions of each unrel row (rows ``[R, 2R)``), in record order."""
+        labels = self.batch.labels[self.n_records :]
+        return (labels != IGNORE_INDEX).sum(1).tolist()
 
 
 @dataclass
@@ -56,7 +62,9 @@ def scoring_batch(
             weights.append(time_decay**age)
     qas = [r.equiv for r in records] + [r.unrel for r in records]
     batch = encode_qa(tokenizer, [q.prompt for q in qas], [q.target for q in qas]).to(device)
-    return ScoringBatch(batch, torch.tensor(weights, device=device), len(records))
+    return ScoringBatch(
+        batch, torch.tensor(weights, device=device), len(records), [r.record_id for r in records]
+    )
 
 
 def answer_logits(
@@ -118,6 +126,13 @@ def low_level_loss(
     return LossParts(ce + loc_coef * kl + l2_coef * l2, ce, kl, l2)
 
 
+def unrel_log_probs(logits: torch.Tensor, scoring: ScoringBatch) -> list[torch.Tensor]:
+    """Detached log-probabilities at each unrel row's answer positions, one tensor per record."""
+    rows = position_rows(scoring.batch)
+    logp = torch.log_softmax(logits.detach()[rows >= scoring.n_records], dim=-1)
+    return list(torch.split(logp, scoring.unrel_counts()))
+
+
 def reference_forward(
     model: nn.Module,
     modules: Sequence[nn.Linear],
@@ -125,20 +140,32 @@ def reference_forward(
     scoring: ScoringBatch,
     *,
     with_full: bool,
+    base_records: Sequence[int] | None = None,
     prefix: PrefixCache | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """No-grad forward of the KL targets and, if ``with_full``, the scoring rows under mask 1.
 
-    Returns the base log-probabilities at the unrel rows' answer positions and the logits of
-    the scoring rows under the full update (or ``None``).
+    ``base_records`` (default all) are the records whose KL targets are computed here (the
+    caller may hold the others from the previous step, see :class:`~hiedit.editor.trainer.Trainer`).
+    Returns their base log-probabilities at the unrel answer positions (one tensor per record, in
+    ``base_records`` order) and the logits of the scoring rows under the full update (or ``None``).
     """
     batch, r = scoring.batch, scoring.n_records
-    unrel = slice(r, 2 * r)
-    parts = [Batch(batch.input_ids[unrel], batch.attention_mask[unrel], batch.labels[unrel])]
-    row_mask = [torch.zeros(r, device=batch.input_ids.device)]
+    wanted = list(range(r)) if base_records is None else list(base_records)
+    parts: list[Batch] = []
+    row_mask: list[torch.Tensor] = []
+    device = batch.input_ids.device
+    if wanted:
+        index = torch.tensor([r + i for i in wanted], device=device)
+        parts.append(
+            Batch(batch.input_ids[index], batch.attention_mask[index], batch.labels[index])
+        )
+        row_mask.append(torch.zeros(len(wanted), device=device))
     if with_full:
         parts.append(batch)
-        row_mask.append(torch.ones(2 * r, device=batch.input_ids.device))
+        row_mask.append(torch.ones(2 * r, device=device))
+    if not parts:
+        return [], None
     combined = Batch(
         torch.cat([p.input_ids for p in parts]),
         torch.cat([p.attention_mask for p in parts]),
@@ -148,6 +175,10 @@ def reference_forward(
     detached = [f.detached() for f in factors]
     with torch.no_grad(), side_path(modules, detached, [per_row] * len(modules)):
         logits = answer_logits(model, combined, prefix)
-    n_base = int((parts[0].labels != IGNORE_INDEX).sum())
-    base_logp = torch.log_softmax(logits[:n_base], dim=-1)
-    return base_logp, (logits[n_base:] if with_full else None)
+    base: list[torch.Tensor] = []
+    n_base = 0
+    if wanted:
+        counts = (parts[0].labels != IGNORE_INDEX).sum(1).tolist()
+        n_base = sum(counts)
+        base = list(torch.split(torch.log_softmax(logits[:n_base], dim=-1), counts))
+    return base, (logits[n_base:] if with_full else None)

@@ -33,7 +33,13 @@ from hiedit.editor.api import (
     check_identity,
     network_identity,
 )
-from hiedit.editor.losses import answer_logits, low_level_loss, reference_forward, scoring_batch
+from hiedit.editor.losses import (
+    answer_logits,
+    low_level_loss,
+    reference_forward,
+    scoring_batch,
+    unrel_log_probs,
+)
 from hiedit.editor.prefix import PrefixCache
 from hiedit.editor.router import gumbel_topk, straight_through, topk_mask
 from hiedit.editor.sidepath import side_path
@@ -141,6 +147,11 @@ class Trainer:
         self.trajectory = 0
         self.global_step = 0
         self.rows: list[dict[str, Any]] = []
+        # KL targets at the current weights, per record id. Step t's side-path forward under ω_t
+        # computes exactly the weights W_t + ω_t Δ_t that the commit writes, so the unrel rows it
+        # scored are step t+1's KL targets (up to rounding): only the newest record needs a base
+        # forward. Cleared whenever the weights are reset.
+        self.kl_targets: dict[str, torch.Tensor] = {}
 
     # --- one step -------------------------------------------------------------------------------
 
@@ -173,9 +184,20 @@ class Trainer:
             editor.device,
         )
         need_full = self.score_function and self.intrinsic
-        base_logp, full_logits = reference_forward(
-            editor.model, editor.modules, factors, scoring, with_full=need_full, prefix=self.prefix
+        ids = scoring.record_ids
+        missing = [i for i, rid in enumerate(ids) if rid not in self.kl_targets]
+        fresh, full_logits = reference_forward(
+            editor.model,
+            editor.modules,
+            factors,
+            scoring,
+            with_full=need_full,
+            base_records=missing,
+            prefix=self.prefix,
         )
+        targets = dict(self.kl_targets)
+        targets.update({ids[i]: logp for i, logp in zip(missing, fresh, strict=True)})
+        base_logp = torch.cat([targets[rid] for rid in ids])
         coefs = {"loc_coef": float(cfg["loc_coef"]), "l2_coef": float(cfg["l2_coef"])}
         with side_path(editor.modules, factors, list(mask)):
             logits = answer_logits(editor.model, scoring.batch, self.prefix)
@@ -202,6 +224,7 @@ class Trainer:
         selected = hard.nonzero().flatten().tolist()
         editor.step = self.global_step
         editor.commit(factors, selected)
+        self.kl_targets = dict(zip(ids, unrel_log_probs(logits, scoring), strict=True))
         return {
             "trajectory": self.trajectory,
             "step": step,
@@ -232,6 +255,7 @@ class Trainer:
         """One trajectory from the base weights; returns its log rows."""
         editor, cfg = self.editor, self.cfg
         editor.reset_weights()
+        self.kl_targets = {}
         length, every = int(cfg["trajectory_length"]), int(cfg["update_every"])
         window: list[list[EditRecord]] = []
         rows = []
@@ -244,6 +268,7 @@ class Trainer:
             if (step + 1) % every == 0 or step == length - 1:
                 self.optimizer_step()
         editor.reset_weights()
+        self.kl_targets = {}
         self.trajectory += 1
         return rows
 

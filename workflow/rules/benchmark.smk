@@ -1,0 +1,33 @@
+# Editor speed and memory (issue targets: training step, eval edit, scoring throughput, peak RSS),
+# measured on each model of the setup with its first dataset. Not part of `all`: run it with
+# `snakemake --cores all editor_speed`.
+
+
+rule bench_editor_speed:
+    input:
+        script="benchmarks/editor_speed.py",
+        model=lambda w: model_inputs(w.model),
+        train=f"results/data/{SETUP['datasets'][0]}/train.parquet",
+        eval=f"results/data/{SETUP['datasets'][0]}/eval.parquet",
+    output:
+        csv="results/bench/editor_speed/{model}.csv",
+    log:
+        "results/logs/bench_editor_speed/{model}.log",
+    conda:
+        "../../envs/hiedit.yaml"
+    # The whole machine: the timings are only meaningful without other jobs beside them.
+    threads: workflow.cores
+    resources:
+        mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 4000,
+        gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
+    params:
+        setup=SETUP["name"],
+    shell:
+        "python {input.script} --setup {params.setup} --model {wildcards.model}"
+        " --train-data {input.train} --eval-data {input.eval} --back-depth 10"
+        " --threads {threads} --out {output.csv} > {log} 2>&1"
+
+
+rule editor_speed:
+    input:
+        expand(rules.bench_editor_speed.output.csv, model=SETUP["models"]),
