@@ -16,7 +16,8 @@ rule bench_editor_speed:
     conda:
         "../../envs/hiedit.yaml"
     # The whole machine: the timings are only meaningful without other jobs beside them.
-    threads: workflow.cores
+    # Snakemake scales this down to --cores (workflow.cores itself is undefined under --report).
+    threads: 1024
     resources:
         mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 4000,
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
