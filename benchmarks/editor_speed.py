@@ -12,7 +12,7 @@ ratios measured in one run, not absolute times across runs).
 
 Example (embedded model, 12 candidate modules, K = 6, back_depth 10)::
 
-    python benchmarks/editor_speed.py --setup default --model smollm2-135m \
+    python benchmarks/editor_speed.py --setup default --model smollm2-135m --side-path-chunk 2 \
         --train-data results/data/geofacts-zsre/train.parquet \
         --eval-data results/data/geofacts-zsre/eval.parquet --out results/benchmarks/editor_speed.csv
 """
@@ -119,6 +119,12 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=5, help="timed steady-state steps")
     parser.add_argument("--edits", type=int, default=30, help="timed eval edits (after 3 warm-up)")
     parser.add_argument("--back-depth", type=int, default=10)
+    parser.add_argument(
+        "--side-path-chunk",
+        type=int,
+        default=2,
+        help="training.side_path_chunk: backtracked records per side-path forward (0: all)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="results/benchmarks/editor_speed.csv")
     args = parser.parse_args()
@@ -130,6 +136,7 @@ def main() -> None:
     dataset = resolved["datasets"][0]
     job = job_config(config, resolved, args.model, dataset, "hiedit", resolved["seeds"][0])
     job["training"]["back_depth"] = args.back_depth
+    job["training"]["side_path_chunk"] = args.side_path_chunk
     model, tokenizer = load_model(job["model"])
     train_records = read_split(args.train_data)
     eval_records = read_split(args.eval_data)[: args.edits + 3]
@@ -151,6 +158,7 @@ def main() -> None:
         "n_modules": len(editor.module_names),
         "k": editor.k,
         "back_depth": args.back_depth,
+        "side_path_chunk": args.side_path_chunk,
         "device": cpu_name(),
         "threads": args.threads,
         "load_average_1min": round(os.getloadavg()[0], 2),

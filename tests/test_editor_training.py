@@ -163,3 +163,26 @@ def test_reused_kl_targets_equal_a_fresh_forward_at_the_committed_weights():
         editor.model, editor.modules, editor.factors(captures), scoring, with_full=False
     )
     assert max((a - b).abs().max().item() for a, b in zip(base, fresh, strict=True)) > 1e-3
+
+
+def _accumulated_gradients(side_path_chunk):
+    editor = _editor(back_depth=3, trajectory_length=4, side_path_chunk=side_path_chunk)
+    trainer = Trainer(editor, toy_records(8))
+    editor.reset_weights()
+    window, losses = [], []
+    for step in range(4):
+        window.append(trainer.step_records(0, step))
+        window = window[-3:]
+        losses.append(trainer.train_step(window, step)["loss"])
+    params = list(editor.nets.parameters()) + list(editor.router.parameters())
+    return losses, [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_chunked_side_path_gives_the_single_pass_loss_and_gradients(chunk):
+    single_losses, single_grads = _accumulated_gradients(0)
+    chunk_losses, chunk_grads = _accumulated_gradients(chunk)
+    torch.testing.assert_close(chunk_losses, single_losses, rtol=1e-5, atol=1e-6)
+    assert sum(g.abs().sum() for g in single_grads) > 0
+    for got, want in zip(chunk_grads, single_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -42,6 +42,18 @@ class Batch:
             self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
         )
 
+    def rows(self, index: Sequence[int]) -> Batch:
+        """The sub-batch of rows ``index`` (in that order), trimmed to its longest row."""
+        import torch
+
+        picked = torch.as_tensor(list(index), dtype=torch.long, device=self.input_ids.device)
+        width = int(self.attention_mask[picked].sum(1).max()) if len(picked) else 0
+        return Batch(
+            self.input_ids[picked, :width],
+            self.attention_mask[picked, :width],
+            self.labels[picked, :width],
+        )
+
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """Keyword arguments for a causal LM forward (deliberately without ``labels``)."""
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}

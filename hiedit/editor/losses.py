@@ -37,6 +37,28 @@ class ScoringBatch:
         labels = self.batch.labels[self.n_records :]
         return (labels != IGNORE_INDEX).sum(1).tolist()
 
+    def chunks(self, max_records: int) -> list[ScoringBatch]:
+        """Consecutive pieces of at most ``max_records`` records (0: the whole batch).
+
+        Each piece holds the equiv and unrel rows of its records, so L_low's CE and KL sums are
+        the sums over the pieces.
+        """
+        r = self.n_records
+        if max_records <= 0 or max_records >= r:
+            return [self]
+        pieces = []
+        for start in range(0, r, max_records):
+            records = list(range(start, min(r, start + max_records)))
+            pieces.append(
+                ScoringBatch(
+                    self.batch.rows(records + [r + i for i in records]),
+                    self.weights[start : start + len(records)],
+                    len(records),
+                    self.record_ids[start : start + len(records)],
+                )
+            )
+        return pieces
+
 
 @dataclass
 class LossParts:
@@ -95,6 +117,33 @@ def position_rows(batch: Batch) -> torch.Tensor:
     return positions.nonzero()[:, 0]
 
 
+def prediction_loss(
+    logits: torch.Tensor, base_logp_unrel: torch.Tensor, scoring: ScoringBatch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The time-decayed CE on the equiv rows and KL on the unrel rows of ``scoring``.
+
+    ``logits`` are the answer-position logits of the scoring rows under the masked update;
+    ``base_logp_unrel`` the log-probabilities at W_t on the unrel rows' answer positions (the
+    KL targets).
+    """
+    batch, r = scoring.batch, scoring.n_records
+    rows = position_rows(batch)
+    labels = batch.labels[batch.labels != IGNORE_INDEX]
+    logp = torch.log_softmax(logits, dim=-1)
+    is_equiv = rows < r
+    nll = -logp[is_equiv].gather(1, labels[is_equiv].unsqueeze(1)).squeeze(1)
+    ce_rows = _per_row_mean(nll, rows[is_equiv], r)
+    new_unrel = logp[~is_equiv]
+    kl_pos = (base_logp_unrel.exp() * (base_logp_unrel - new_unrel)).sum(-1)
+    kl_rows = _per_row_mean(kl_pos, rows[~is_equiv] - r, r)
+    return (scoring.weights * ce_rows).sum(), (scoring.weights * kl_rows).sum()
+
+
+def l2_penalty(factors: Sequence[Factors], mask: torch.Tensor) -> torch.Tensor:
+    """``Σ_l ‖ω_l Δ_l‖²_F`` in the Gram form (never a dense Δ)."""
+    return sum(m**2 * f.frob_sq() for m, f in zip(mask, factors, strict=True))
+
+
 def low_level_loss(
     logits: torch.Tensor,
     base_logp_unrel: torch.Tensor,
@@ -110,19 +159,8 @@ def low_level_loss(
     ``base_logp_unrel`` are the log-probabilities at W_t on the unrel rows' answer positions
     (the KL targets); ``mask`` (L) weights each module's update in the L2 term.
     """
-    batch, r = scoring.batch, scoring.n_records
-    rows = position_rows(batch)
-    labels = batch.labels[batch.labels != IGNORE_INDEX]
-    logp = torch.log_softmax(logits, dim=-1)
-    is_equiv = rows < r
-    nll = -logp[is_equiv].gather(1, labels[is_equiv].unsqueeze(1)).squeeze(1)
-    ce_rows = _per_row_mean(nll, rows[is_equiv], r)
-    new_unrel = logp[~is_equiv]
-    kl_pos = (base_logp_unrel.exp() * (base_logp_unrel - new_unrel)).sum(-1)
-    kl_rows = _per_row_mean(kl_pos, rows[~is_equiv] - r, r)
-    ce = (scoring.weights * ce_rows).sum()
-    kl = (scoring.weights * kl_rows).sum()
-    l2 = sum(m**2 * f.frob_sq() for m, f in zip(mask, factors, strict=True))
+    ce, kl = prediction_loss(logits, base_logp_unrel, scoring)
+    l2 = l2_penalty(factors, mask)
     return LossParts(ce + loc_coef * kl + l2_coef * l2, ce, kl, l2)
 
 

@@ -35,11 +35,14 @@ from hiedit.editor.api import (
 )
 from hiedit.editor.losses import (
     answer_logits,
+    l2_penalty,
     low_level_loss,
+    prediction_loss,
     reference_forward,
     scoring_batch,
     unrel_log_probs,
 )
+from hiedit.editor.lowlevel import Factors
 from hiedit.editor.prefix import PrefixCache
 from hiedit.editor.router import gumbel_topk, straight_through, topk_mask
 from hiedit.editor.sidepath import side_path
@@ -198,42 +201,81 @@ class Trainer:
         targets = dict(self.kl_targets)
         targets.update({ids[i]: logp for i, logp in zip(missing, fresh, strict=True)})
         base_logp = torch.cat([targets[rid] for rid in ids])
-        coefs = {"loc_coef": float(cfg["loc_coef"]), "l2_coef": float(cfg["l2_coef"])}
-        with side_path(editor.modules, factors, list(mask)):
-            logits = answer_logits(editor.model, scoring.batch, self.prefix)
-        parts = low_level_loss(logits, base_logp, scoring, factors, mask, **coefs)
+        loc_coef, l2_coef = float(cfg["loc_coef"]), float(cfg["l2_coef"])
+        # The side path under ω runs a chunk of records at a time: each chunk's backward frees its
+        # activations into detached copies of the factors and the mask, and one backward at the
+        # end carries those gradients into the networks (the same gradient as a single pass,
+        # with the activations of one chunk instead of back_depth records in memory).
+        leaves = [
+            Factors(f.a.detach().requires_grad_(), f.b.detach().requires_grad_(), f.scale.detach())
+            for f in factors
+        ]
+        for leaf in leaves:
+            leaf.scale.requires_grad_()
+        mask_leaf = mask.detach().requires_grad_()
+        ce = kl = torch.zeros((), device=editor.device)
+        unrel: list[torch.Tensor] = []
+        for chunk in scoring.chunks(int(cfg.get("side_path_chunk", 0))):
+            chunk_base = torch.cat([targets[rid] for rid in chunk.record_ids])
+            with side_path(editor.modules, leaves, list(mask_leaf)):
+                logits = answer_logits(editor.model, chunk.batch, self.prefix)
+            chunk_ce, chunk_kl = prediction_loss(logits, chunk_base, chunk)
+            (chunk_ce + loc_coef * chunk_kl).backward()
+            ce, kl = ce + chunk_ce.detach(), kl + chunk_kl.detach()
+            unrel.extend(unrel_log_probs(logits, chunk))
+            del logits
+        l2 = l2_penalty(leaves, mask_leaf)
+        (l2_coef * l2).backward()
+        total = ce + loc_coef * kl + l2_coef * l2.detach()
         loss_full = None
         if need_full:
             with torch.no_grad():
                 ones = torch.ones(n_modules, device=editor.device)
                 loss_full = low_level_loss(
-                    full_logits, base_logp, scoring, [f.detached() for f in factors], ones, **coefs
+                    full_logits,
+                    base_logp,
+                    scoring,
+                    [f.detached() for f in factors],
+                    ones,
+                    loc_coef=loc_coef,
+                    l2_coef=l2_coef,
                 ).total
-        if not bool(torch.isfinite(parts.total)):
+        if not bool(torch.isfinite(total)):
             raise NonFiniteError(
                 f"training step {self.global_step} (trajectory {self.trajectory}, step {step}): "
-                f"the low-level loss is {float(parts.total.detach())}"
+                f"the low-level loss is {float(total)}"
             )
-        objective = parts.total
+        outputs: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        for f, leaf in zip(factors, leaves, strict=True):
+            for out, copy in ((f.a, leaf.a), (f.b, leaf.b), (f.scale, leaf.scale)):
+                if out.requires_grad and copy.grad is not None:
+                    outputs.append(out)
+                    grads.append(copy.grad)
+        if mask.requires_grad:  # the pathwise (straight-through) gradient to the router
+            outputs.append(mask)
+            grads.append(mask_leaf.grad)
         reward = None
         if self.score_function:
             # r_high = L_low(1) − L_low(ω) (intrinsic) or r_low(ω) = −L_low(ω) (ablation).
-            reward = (loss_full - parts.total.detach()) if self.intrinsic else -parts.total.detach()
-            objective = objective - reward * log_prob
-        objective.backward()
+            reward = (loss_full - total) if self.intrinsic else -total
+            outputs.append(-reward * log_prob)
+            grads.append(torch.ones_like(log_prob))
+        if outputs:
+            torch.autograd.backward(outputs, grads)
         selected = hard.nonzero().flatten().tolist()
         editor.step = self.global_step
         editor.commit(factors, selected)
-        self.kl_targets = dict(zip(ids, unrel_log_probs(logits, scoring), strict=True))
+        self.kl_targets = dict(zip(ids, unrel, strict=True))
         return {
             "trajectory": self.trajectory,
             "step": step,
             "global_step": self.global_step,
-            "loss": float(parts.total.detach()),
+            "loss": float(total),
             "loss_full": None if loss_full is None else float(loss_full),
-            "ce": float(parts.ce.detach()),
-            "kl": float(parts.kl.detach()),
-            "l2": float(parts.l2.detach()),
+            "ce": float(ce),
+            "kl": float(kl),
+            "l2": float(l2.detach()),
             "reward": None if reward is None else float(reward),
             "log_prob": None if log_prob is None else float(log_prob.detach()),
             "edit_nll_before": nll_before,
