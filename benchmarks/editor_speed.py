@@ -12,7 +12,7 @@ ratios measured in one run, not absolute times across runs).
 
 Example (embedded model, 12 candidate modules, K = 6, back_depth 10)::
 
-    python benchmarks/editor_speed.py --setup default --model smollm2-135m --side-path-chunk 2 \
+    python benchmarks/editor_speed.py --setup default --model smollm2-135m --side-path-chunk 5 \
         --train-data results/data/geofacts-zsre/train.parquet \
         --eval-data results/data/geofacts-zsre/eval.parquet --out results/benchmarks/editor_speed.csv
 """
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument(
         "--side-path-chunk",
         type=int,
-        default=2,
+        default=5,
         help="training.side_path_chunk: backtracked records per side-path forward (0: all)",
     )
     parser.add_argument("--threads", type=int, default=2)

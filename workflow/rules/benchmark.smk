@@ -25,7 +25,7 @@ rule bench_editor_speed:
         setup=SETUP["name"],
     shell:
         "python {input.script} --setup {params.setup} --model {wildcards.model}"
-        " --train-data {input.train} --eval-data {input.eval} --back-depth 10 --side-path-chunk 2"
+        " --train-data {input.train} --eval-data {input.eval} --back-depth 10 --side-path-chunk 5"
         " --threads {threads} --out {output.csv} > {log} 2>&1"
 
 
