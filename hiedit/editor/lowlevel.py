@@ -46,6 +46,10 @@ class Factors:
     def detached(self) -> Factors:
         return Factors(self.a.detach(), self.b.detach(), self.scale.detach())
 
+    def leaf_copy(self) -> Factors:
+        """Detached copies that collect their own ``.grad`` (to be carried back in one backward)."""
+        return Factors(*(t.detach().requires_grad_() for t in (self.a, self.b, self.scale)))
+
 
 def malmen_push_through(u: torch.Tensor, v: torch.Tensor, log_lambda: torch.Tensor) -> torch.Tensor:
     """``(U Uᵀ + e^λ I)⁻¹ V`` (n × d_out): with ``A = U`` it gives ``Δ = Vᵀ (UUᵀ + e^λ I)⁻¹ U``."""

@@ -42,7 +42,6 @@ from hiedit.editor.losses import (
     scoring_batch,
     unrel_log_probs,
 )
-from hiedit.editor.lowlevel import Factors
 from hiedit.editor.prefix import PrefixCache
 from hiedit.editor.router import gumbel_topk, straight_through, topk_mask
 from hiedit.editor.sidepath import side_path
@@ -200,18 +199,12 @@ class Trainer:
         )
         targets = dict(self.kl_targets)
         targets.update({ids[i]: logp for i, logp in zip(missing, fresh, strict=True)})
-        base_logp = torch.cat([targets[rid] for rid in ids])
         loc_coef, l2_coef = float(cfg["loc_coef"]), float(cfg["l2_coef"])
         # The side path under ω runs a chunk of records at a time: each chunk's backward frees its
         # activations into detached copies of the factors and the mask, and one backward at the
         # end carries those gradients into the networks (the same gradient as a single pass,
         # with the activations of one chunk instead of back_depth records in memory).
-        leaves = [
-            Factors(f.a.detach().requires_grad_(), f.b.detach().requires_grad_(), f.scale.detach())
-            for f in factors
-        ]
-        for leaf in leaves:
-            leaf.scale.requires_grad_()
+        leaves = [f.leaf_copy() for f in factors]
         mask_leaf = mask.detach().requires_grad_()
         ce = kl = torch.zeros((), device=editor.device)
         unrel: list[torch.Tensor] = []
@@ -233,7 +226,7 @@ class Trainer:
                 ones = torch.ones(n_modules, device=editor.device)
                 loss_full = low_level_loss(
                     full_logits,
-                    base_logp,
+                    torch.cat([targets[rid] for rid in ids]),
                     scoring,
                     [f.detached() for f in factors],
                     ones,
