@@ -3,7 +3,8 @@
 Runs in one process on one model: a training warm-up until the backtracking window is full, then
 timed training steps (capture, route, side-path losses under ω, the base and the full mask,
 backward, commit; optimiser steps as configured); then a sequential eval stream of timed edits
-(capture, route, update of the selected modules, commit) for ``hiedit`` and, in the same process,
+(capture, route, update of the selected modules, commit; each phase also on its own) for
+``hiedit`` and, in the same process,
 for the dense ``rledit`` (all modules) as a ratio; a plain no-grad forward of each edit prompt
 (the floor under an eval edit on this machine); and the final-scoring throughput in scored
 tuples per second (``median`` is then a rate, higher is better). Results are appended to a CSV with the library
@@ -68,16 +69,20 @@ def time_training(editor, records, back_depth: int, steps: int) -> list[float]:
     return times
 
 
-def time_edits(editor, records, warmup: int = 3) -> list[float]:
+def time_edits(editor, records, warmup: int = 3) -> tuple[list[float], dict[str, list[float]]]:
+    """Seconds per sequential edit, and per phase (capture, route, update, commit) of each edit."""
     editor.reset_model()
     times = []
+    phases: dict[str, list[float]] = {}
     for i, record in enumerate(records):
         start = time.perf_counter()
-        editor.edit_records([record])
+        step = editor.edit_records([record])
         if i >= warmup:
             times.append(time.perf_counter() - start)
+            for name, seconds in step.phases.items():
+                phases.setdefault(name, []).append(seconds)
     editor.reset_model()
-    return times
+    return times, phases
 
 
 def time_forwards(editor, records, warmup: int = 3) -> list[float]:
@@ -145,10 +150,12 @@ def main() -> None:
     editor = load_editor(job, model, tokenizer, None)
     steps = time_training(editor, train_records, args.back_depth, args.train_steps)
     rows.append(("train_step_seconds", steps))
-    rows.append(("eval_edit_seconds_hiedit", time_edits(editor, eval_records)))
+    edits, phases = time_edits(editor, eval_records)
+    rows.append(("eval_edit_seconds_hiedit", edits))
+    rows += [(f"eval_edit_{name}_seconds_hiedit", values) for name, values in phases.items()]
     dense_job = {**job, "variant": "rledit"}
     dense = load_editor(dense_job, model, tokenizer, None)
-    rows.append(("eval_edit_seconds_rledit", time_edits(dense, eval_records)))
+    rows.append(("eval_edit_seconds_rledit", time_edits(dense, eval_records)[0]))
     rows.append(("forward_floor_seconds", time_forwards(editor, eval_records)))
     batch_size = int(job["evaluation"]["batch_size"])
     rows.append(("scoring_tuples_per_second", time_scoring(editor, eval_records, batch_size)))

@@ -22,6 +22,10 @@ def test_edit_records_commits_only_the_selected_modules():
     before = candidate_weights(editor)
     step = editor.edit_records(toy_records(1))
     assert len(step.selected) == editor.k == 2 and step.seconds > 0
+    # The phases partition the step: each timed, in order, adding up to the step's time.
+    assert list(step.phases) == ["capture", "route", "update", "commit"]
+    assert all(v > 0 for v in step.phases.values())
+    assert sum(step.phases.values()) == pytest.approx(step.seconds)
     after = candidate_weights(editor)
     for name, w0, w1 in zip(MODULES, before, after, strict=True):
         changed = not torch.equal(w0, w1)

@@ -111,6 +111,9 @@ def test_result_files(finished):
     assert (per_edit["n_selected"] == 2).all()  # tiny-llama: K = 2
     assert per_edit["selected"].str.split(";").map(len).eq(2).all()
     assert (per_edit["seconds"] > 0).all()
+    phases = per_edit[[f"{p}_seconds" for p in ("capture", "route", "update", "commit")]]
+    assert (phases > 0).all().all()
+    assert phases.sum(axis=1).to_numpy() == pytest.approx(per_edit["seconds"].to_numpy())
     assert summary["efficacy"] == pytest.approx(per_edit["efficacy"].mean())
 
     curve = pd.read_csv(finished / "curve.csv")

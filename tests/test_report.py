@@ -136,6 +136,32 @@ def test_missing_per_edit_columns_name_the_file(tmp_path):
         read_per_edit([path])
 
 
+def test_edit_phases_are_kept_and_summarised(tmp_path):
+    rows = [(i, f"r{i}", "P17", MODULES[0], 0.04) for i in range(4)]
+    path = write_per_edit(tmp_path, "m", "d", "hiedit", 0, rows)
+    frame = pd.read_csv(path)
+    for phase, seconds in (
+        ("capture", 0.03),
+        ("route", 0.002),
+        ("update", 0.005),
+        ("commit", 0.003),
+    ):
+        frame[f"{phase}_seconds"] = seconds
+    frame.to_csv(path, index=False)
+    per_edit = read_per_edit([path])
+    assert per_edit["capture_seconds"].tolist() == [0.03] * 4
+    summary = edit_time_figure(per_edit, tmp_path / "time.png").iloc[0]
+    assert summary["median"] == pytest.approx(40.0)
+    assert summary["capture_ms"] == pytest.approx(30.0)
+    assert summary["commit_ms"] == pytest.approx(3.0)
+    # A file whose phase column is not numeric is named with its row.
+    frame["route_seconds"] = frame["route_seconds"].astype(object)
+    frame.loc[2, "route_seconds"] = "slow"
+    frame.to_csv(path, index=False)
+    with pytest.raises(ReportInputError, match=rf"{path}: row 2: column 'route_seconds'"):
+        read_per_edit([path])
+
+
 def test_missing_metrics_columns_name_the_file(tmp_path):
     path = tmp_path / "metrics.csv"
     synthetic_metrics().drop(columns="n_edits").to_csv(path, index=False)

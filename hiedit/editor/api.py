@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,22 @@ STATE_KIND = "hiedit-editor-state"
 NETWORK_KEYS = ("style", "rank", "n_blocks", "lr", "token", "router_hidden")
 
 
+# The phases of one sequential edit, in order (EditStep.phases has one entry each, in seconds).
+EDIT_PHASES = ("capture", "route", "update", "commit")
+
+
 @dataclass
 class EditStep:
-    """What one sequential edit step did."""
+    """What one sequential edit step did: the modules edited, its wall time and that of each phase.
+
+    ``phases``: ``capture`` (forward and backward of the edit tuples), ``route`` (normaliser updates
+    and module selection), ``update`` (the low-rank factors of the selected modules) and
+    ``commit`` (the in-place update, with its finite check).
+    """
 
     selected: list[str]
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def group_key(module: nn.Linear) -> str:
@@ -245,16 +255,21 @@ class HiEditor:
 
     def edit_records(self, records: Sequence[EditRecord]) -> EditStep:
         """One sequential step: capture at the current weights, route, compute, commit in place."""
-        start = time.perf_counter()
+        ticks = [time.perf_counter()]
         captures, _ = self.capture(records)
+        ticks.append(time.perf_counter())
         with torch.no_grad():
             if self.update_normalizer_in_eval:
                 self.update_normalizers(captures)
             selected = self.select(captures)
+            ticks.append(time.perf_counter())
             factors = self.factors(captures, selected)
+            ticks.append(time.perf_counter())
         self.commit(factors, selected)
+        ticks.append(time.perf_counter())
         self.step += 1
-        return EditStep([self.module_names[i] for i in selected], time.perf_counter() - start)
+        phases = {name: ticks[i + 1] - ticks[i] for i, name in enumerate(EDIT_PHASES)}
+        return EditStep([self.module_names[i] for i in selected], ticks[-1] - ticks[0], phases)
 
     def edit(self, requests: Sequence[Mapping[str, Any]]) -> list[EditStep]:
         """Apply EasyEdit-shaped requests in order, ``training.edits_per_step`` per step, in place.

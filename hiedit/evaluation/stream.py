@@ -113,7 +113,8 @@ class StreamResult:
 
     ``metrics``: the edited model's summary after the stream (``efficacy``, …), ``retention_*``
     and the unedited model's ``unedited_*`` on the same records; ``per_edit``: one row per edit
-    (index, record_id, relation, selected, seconds, wall_seconds, the record's metric values after
+    (index, record_id, relation, selected, seconds, wall_seconds, ``<phase>_seconds`` where the
+    editor reports its phases, the record's metric values after
     the stream, and its ``unedited_*`` values); ``curve``: one row per checkpoint (n_edits,
     n_scored, metrics of the sample); ``n_forwards``: scoring forwards (the editor's excluded);
     ``seconds``: unedited_scoring, final_scoring, edits (sum of the editor's step times) and
@@ -331,6 +332,11 @@ def run_stream(
                     "n_selected": len(step.selected),
                     "seconds": float(step.seconds),
                     "wall_seconds": wall,
+                    # Editors that time their phases (HiEditor does) get one column per phase.
+                    **{
+                        f"{name}_seconds": float(value)
+                        for name, value in getattr(step, "phases", {}).items()
+                    },
                 }
             )
             done = index + 1

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 METRICS_COLUMNS = ("model", "dataset", "variant", "seed", "n_edits", "metric", "value")
 PER_EDIT_COLUMNS = ("index", "relation", "selected", "seconds")
+# Per-phase times of an edit, kept where a run wrote them (HiEditor's capture, route, update, commit).
+PHASE_COLUMNS = ("capture_seconds", "route_seconds", "update_seconds", "commit_seconds")
 RUN_COLUMNS = ("model", "dataset", "variant", "seed")
 # Step-like columns a training log may be indexed by, in order of preference.
 # global_step first: "step" restarts at 0 in every trajectory.
@@ -93,19 +95,22 @@ def read_per_edit(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     """``per_edit.csv`` files of several runs as one table: run identity + index, relation, selected, seconds.
 
     ``selected`` stays the ``;``-joined module names (empty when no module was edited); a missing
-    relation becomes ``"(none)"``.
+    relation becomes ``"(none)"``. The :data:`PHASE_COLUMNS` are kept when every file has them.
     """
     import pandas as pd
 
     frames = []
     for path in paths:
         identity = run_identity(path)
-        frame = read_csv(path, PER_EDIT_COLUMNS)[list(PER_EDIT_COLUMNS)].copy()
-        seconds = pd.to_numeric(frame["seconds"], errors="coerce")
-        if seconds.isna().any():
-            row = int(seconds.isna().to_numpy().argmax())
-            raise ReportInputError(f"{path}: row {row}: column 'seconds' must be a number")
-        frame["seconds"] = seconds.astype("float64")
+        frame = read_csv(path, PER_EDIT_COLUMNS)
+        timed = ["seconds", *(c for c in PHASE_COLUMNS if c in frame.columns)]
+        frame = frame[[*PER_EDIT_COLUMNS, *timed[1:]]].copy()
+        for column in timed:
+            values = pd.to_numeric(frame[column], errors="coerce")
+            if values.isna().any():
+                row = int(values.isna().to_numpy().argmax())
+                raise ReportInputError(f"{path}: row {row}: column {column!r} must be a number")
+            frame[column] = values.astype("float64")
         frame["selected"] = frame["selected"].fillna("").astype(str)
         frame["relation"] = frame["relation"].fillna(NO_RELATION).astype(str)
         for key, value in identity.items():
@@ -113,7 +118,8 @@ def read_per_edit(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
         frames.append(frame)
     if not frames:
         raise ReportInputError("no per_edit.csv file given")
-    return pd.concat(frames, ignore_index=True)[[*RUN_COLUMNS, *PER_EDIT_COLUMNS]]
+    phases = [c for c in PHASE_COLUMNS if all(c in f.columns for f in frames)]
+    return pd.concat(frames, ignore_index=True)[[*RUN_COLUMNS, *PER_EDIT_COLUMNS, *phases]]
 
 
 def detect_train_columns(
