@@ -1,6 +1,7 @@
 """Read, validate and resolve ``config.yaml``: the selected setup and the per-job configuration.
 
-The workflow validates the whole file against ``workflow/schemas/config.schema.yaml`` and hands
+The workflow validates the whole file against the schema shipped with the package
+(``hiedit/schemas/config.schema.yaml``, :data:`SCHEMA_PATH`) and hands
 each job the small resolved dictionary it needs (:func:`job_config`), as JSON, so that a job never
 re-reads the file and Snakemake reruns exactly the jobs whose parameters changed.
 """
@@ -17,7 +18,8 @@ import yaml
 
 from hiedit.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+# Package data: found wherever the package is, installed or run from a checkout.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 SECTIONS = ("editor", "training", "evaluation")
 # Variants that reuse another variant's trained networks (method.md §7).
 TRAINED_BY = {"hiedit-rand": "hiedit", "static-k": "hiedit"}

@@ -35,7 +35,7 @@ def test_shipped_config_is_valid(config):
 def test_every_schema_key_has_a_description():
     import yaml
 
-    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "hiedit/schemas/config.schema.yaml").read_text())
     missing = []
 
     def walk(node, path):

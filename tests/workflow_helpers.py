@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a workflow run needs besides the installed package.
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "benchmarks"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "profiles", "envs", "benchmarks"]
 
 
 def copy_workflow(dest: Path) -> Path:

@@ -9,7 +9,7 @@ from hiedit.config import (
     validate_config,
 )
 
-validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+validate_config(config)
 SETUP = resolve_setup(config)
 # Threads per training/evaluation job (see job_threads in the schema).
 JOB_THREADS = SETUP["job_threads"]
