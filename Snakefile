@@ -2,9 +2,14 @@
 #   snakemake --cores all                        embedded default (offline, CPU)
 #   snakemake --cores all --config setup=smoke   tiny end-to-end run (CI)
 #   snakemake -n --config setup=paper            the paper's DAG (GPUs + internet to run)
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+# The workflow reads its configuration with the project's own code, from this checkout: the
+# project need not be installed where Snakemake runs (e.g. with --use-conda).
+sys.path.insert(0, workflow.basedir)
 
 
 configfile: "config.yaml"

@@ -53,7 +53,7 @@ def time_training(editor, records, back_depth: int, steps: int) -> list[float]:
     editor.reset_weights()
     window = []
     times = []
-    every = int(trainer.cfg["update_every"])
+    every = trainer.cfg.update_every
     for step in range(back_depth - 1 + steps):
         window.append(trainer.step_records(0, step))
         window = window[-back_depth:]

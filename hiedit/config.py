@@ -1,31 +1,224 @@
-"""Read, validate and resolve ``config.yaml``: the selected setup and the per-job configuration.
+"""Read, validate and resolve ``config.yaml``; the typed configuration every job runs under.
 
 The workflow validates the whole file against the schema shipped with the package
-(``hiedit/schemas/config.schema.yaml``, :data:`SCHEMA_PATH`) and hands
-each job the small resolved dictionary it needs (:func:`job_config`), as JSON, so that a job never
-re-reads the file and Snakemake reruns exactly the jobs whose parameters changed.
+(``hiedit/schemas/config.schema.yaml``, :data:`SCHEMA_PATH`: the single source of every key's
+description, type and range) and hands each job the small resolved dictionary it needs
+(:func:`job_config`), as JSON, so that a job never re-reads the file and Snakemake reruns exactly
+the jobs whose parameters changed. A job turns that dictionary into a :class:`JobConfig` once
+(:meth:`JobConfig.from_dict`, which checks each section against the same schema); code below the
+command line reads typed, frozen fields and never coerces or defaults a value itself.
+
+This module is torch-free: the Snakefile imports it at parse time.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import json
+import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hiedit import registry
 from hiedit.errors import ConfigError
 
 # Package data: found wherever the package is, installed or run from a checkout.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 SECTIONS = ("editor", "training", "evaluation")
-# Variants that reuse another variant's trained networks (method.md §7).
-TRAINED_BY = {"hiedit-rand": "hiedit", "static-k": "hiedit"}
-# Variants evaluated with fresh, untrained networks (the "before training" baseline).
-UNTRAINED = ("hiedit-untrained",)
-K_SWEEP_PREFIX = "hiedit-k"
+
+
+# --- typed sections ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EditorConfig:
+    """The ``editor`` section (descriptions in the schema)."""
+
+    style: str
+    rank: int
+    n_blocks: int
+    lr: float
+    token: str
+    router_hidden: int
+    gumbel_tau: float
+    update_normalizer_in_eval: bool
+    commit_precision: str
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The ``training`` section (descriptions in the schema)."""
+
+    n_train: int
+    trajectory_length: int
+    n_trajectories: int
+    edits_per_step: int
+    back_depth: int
+    side_path_chunk: int
+    time_decay: float
+    loc_coef: float
+    l2_coef: float
+    meta_lr: float
+    step_size_lr: float
+    clip_norm: float
+    update_every: int
+    intrinsic_reward: bool
+    pathwise_gradient: bool
+    score_function: bool
+    trainable: str
+    checkpoint_every: int
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The ``evaluation`` section (descriptions in the schema)."""
+
+    n_edits: int
+    num_pre: int
+    n_curve_points: int
+    curve_sample: int
+    batch_size: int
+    static_k_modules: tuple[str, ...]
+
+
+SECTION_TYPES = {"editor": EditorConfig, "training": TrainingConfig, "evaluation": EvaluationConfig}
+
+
+def _convert(value: Any, kind: Any, where: str) -> Any:
+    """``value`` as ``kind`` (int, float, bool, str or tuple[str, ...]); refuses lossy casts."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{where}': expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{where}': expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{where}': expected a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{where}': expected a string, got {value!r}")
+        return value
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{where}': expected a list, got {value!r}")
+        (item_kind, _) = typing.get_args(kind)
+        return tuple(_convert(v, item_kind, f"{where}[{i}]") for i, v in enumerate(value))
+    raise TypeError(f"unsupported field type {kind!r} at {where}")
+
+
+def build_section(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """A frozen dataclass ``cls`` from ``values``: every field required, no unknown key."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config key '{where}': expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ConfigError(f"config key '{where}.{missing[0]}' is missing")
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"config key '{where}.{unknown[0]}' is not a known key")
+    return cls(**{n: _convert(values[n], hints[n], f"{where}.{n}") for n in names})
+
+
+def section_dict(section: Any) -> dict[str, Any]:
+    """A section dataclass as plain JSON-able data (tuples become lists)."""
+    return {
+        f.name: list(v) if isinstance(v := getattr(section, f.name), tuple) else v
+        for f in dataclasses.fields(section)
+    }
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything one train/evaluate job runs under (built from :func:`job_config`'s output).
+
+    ``model`` and ``dataset`` are the catalogue entries as written in ``config.yaml`` (their
+    meaning belongs to the model loader and the data stage); ``baselines`` holds the raw
+    hyperparameter sections of the baseline editors, which each editor types itself.
+    """
+
+    setup: str
+    model_name: str
+    model: Mapping[str, Any]
+    dataset_name: str
+    dataset: Mapping[str, Any]
+    variant: str
+    seed: int
+    editor: EditorConfig
+    training: TrainingConfig
+    evaluation: EvaluationConfig
+    baselines: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, job: Mapping[str, Any]) -> JobConfig:
+        """Check ``job`` (sections against the schema, then the field types) and type it."""
+        if isinstance(job, JobConfig):
+            return job
+        if not isinstance(job, Mapping):
+            raise ConfigError(f"job configuration: expected a mapping, got {type(job).__name__}")
+        for key in ("model", "model_name", "dataset_name", "variant", "seed", *SECTIONS):
+            if key not in job:
+                raise ConfigError(f"job configuration: missing key '{key}'")
+        for section in SECTIONS:
+            _check_section(section, job[section], section)
+        registry.get(job["variant"])  # an unknown variant names itself
+        return cls(
+            setup=str(job.get("setup", "")),
+            model_name=str(job["model_name"]),
+            model=copy.deepcopy(dict(job["model"])),
+            dataset_name=str(job["dataset_name"]),
+            dataset=copy.deepcopy(dict(job.get("dataset") or {})),
+            variant=str(job["variant"]),
+            seed=_convert(job["seed"], int, "seed"),
+            **{s: build_section(SECTION_TYPES[s], job[s], s) for s in SECTIONS},
+            baselines=copy.deepcopy(dict(job.get("baselines") or {})),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data that :meth:`from_dict` reads back to an equal config."""
+        return {
+            "setup": self.setup,
+            "model_name": self.model_name,
+            "model": copy.deepcopy(dict(self.model)),
+            "dataset_name": self.dataset_name,
+            "dataset": copy.deepcopy(dict(self.dataset)),
+            "variant": self.variant,
+            "seed": self.seed,
+            **{s: section_dict(getattr(self, s)) for s in SECTIONS},
+            "baselines": copy.deepcopy(dict(self.baselines)),
+        }
+
+    def replace(self, **sections: Mapping[str, Any]) -> JobConfig:
+        """A copy with some section keys changed, e.g. ``replace(editor={"lr": 1e-4})``."""
+        data = self.to_dict()
+        for name, values in sections.items():
+            if name in SECTIONS:
+                data[name] = {**data[name], **values}
+            else:
+                data[name] = values
+        return JobConfig.from_dict(data)
+
+    @property
+    def module_names(self) -> list[str]:
+        return list(self.model["modules"])
+
+    @property
+    def variant_spec(self) -> registry.Variant:
+        return registry.get(self.variant)
+
+
+# --- the whole file ---------------------------------------------------------------------------
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -49,16 +242,83 @@ def _key_path(parts) -> str:
     return out or "<top level>"
 
 
-def _load_schema(schema_path: str | Path | None) -> dict[str, Any]:
-    with open(schema_path or SCHEMA_PATH) as handle:
+@functools.lru_cache(maxsize=4)
+def _cached_schema(path: str) -> dict[str, Any]:
+    with open(path) as handle:
         return yaml.safe_load(handle)
 
 
-def validate_config(config: Mapping[str, Any], schema_path: str | Path | None = None) -> None:
-    """Check ``config`` against the JSON schema and the cross-references; errors name the key."""
+def load_schema(schema_path: str | Path | None = None) -> dict[str, Any]:
+    return copy.deepcopy(_cached_schema(str(schema_path or SCHEMA_PATH)))
+
+
+def _check_section(section: str, values: Any, where: str, schema: Mapping | None = None) -> None:
     import jsonschema
 
-    schema = _load_schema(schema_path)
+    schema = schema or load_schema()
+    section_schema = {**schema["$defs"][section], "$defs": schema["$defs"]}
+    errors = sorted(
+        jsonschema.Draft202012Validator(section_schema).iter_errors(values),
+        key=lambda e: list(map(str, e.absolute_path)),
+    )
+    if errors:
+        err = errors[0]
+        path = _key_path(err.absolute_path)
+        key = f"{where}.{path}" if err.absolute_path else where
+        raise ConfigError(f"config key '{key}': {err.message}")
+
+
+def coerce_cli_strings(node: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
+    """Values Snakemake's ``--config a='{"b": 5}'`` leaves as strings, typed as the schema says.
+
+    Snakemake reads nested ``--config`` values with YAML's base loader, so every scalar in them
+    arrives as a string. Only strings whose schema type is integer, number or boolean are
+    converted (and only when they parse); everything else is left for the validator to judge.
+    """
+    while "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if isinstance(node, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, value in node.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                node[key] = coerce_cli_strings(value, sub, root)
+        return node
+    if isinstance(node, list) and isinstance(schema.get("items"), dict):
+        return [coerce_cli_strings(v, schema["items"], root) for v in node]
+    if isinstance(node, str):
+        kinds = schema.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else (kinds or [])
+        text = node.strip()
+        if "boolean" in kinds and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        for kind, parse in (("integer", int), ("number", float)):
+            if kind in kinds:
+                try:
+                    return parse(text)
+                except ValueError:
+                    pass
+    return node
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path | None = None) -> None:
+    """Check ``config`` against the JSON schema and the cross-references; errors name the key.
+
+    Strings that Snakemake's nested ``--config`` overrides produce are first typed in place
+    (:func:`coerce_cli_strings`).
+    """
+    import jsonschema
+
+    schema = load_schema(schema_path)
+    coerce_cli_strings(config, schema, schema)
+    setups = config.get("setups")
+    if isinstance(setups, dict):
+        for setup in setups.values():
+            overrides = setup.get("overrides") if isinstance(setup, dict) else None
+            for section, values in (overrides or {}).items():
+                if section in schema["$defs"] and isinstance(values, dict):
+                    coerce_cli_strings(values, schema["$defs"][section], schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -68,8 +328,6 @@ def validate_config(config: Mapping[str, Any], schema_path: str | Path | None = 
 
 
 def _check_references(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
-    import jsonschema
-
     for name, model in config["models"].items():
         needed = {"local": "path", "hub": "name", "random": "architecture"}[model["source"]]
         if needed not in model:
@@ -107,12 +365,12 @@ def _check_references(config: Mapping[str, Any], schema: Mapping[str, Any]) -> N
                         f"config key 'setups.{setup_name}.k_sweep[{i}]': K = {k} exceeds the {n_modules} modules of {model_name}"
                     )
         for section, values in setup.get("overrides", {}).items():
-            merged = {**config[section], **values}
-            section_schema = {**schema["$defs"][section], "$defs": schema["$defs"]}
-            for err in jsonschema.Draft202012Validator(section_schema).iter_errors(merged):
-                raise ConfigError(
-                    f"config key 'setups.{setup_name}.overrides.{section}.{_key_path(err.absolute_path)}': {err.message}"
-                )
+            _check_section(
+                section,
+                {**config[section], **values},
+                f"setups.{setup_name}.overrides.{section}",
+                schema,
+            )
 
 
 def resolve_setup(config: Mapping[str, Any], setup: str | None = None) -> dict[str, Any]:
@@ -126,7 +384,7 @@ def resolve_setup(config: Mapping[str, Any], setup: str | None = None) -> dict[s
         "models": list(chosen["models"]),
         "datasets": list(chosen["datasets"]),
         "variants": list(chosen["variants"])
-        + [f"{K_SWEEP_PREFIX}{k}" for k in chosen.get("k_sweep", [])],
+        + [f"{registry.K_SWEEP_PREFIX}{k}" for k in chosen.get("k_sweep", [])],
         "seeds": list(chosen["seeds"]),
         "geofacts_eval": chosen.get("geofacts_eval", 0),
         "job_threads": int(chosen.get("job_threads", 2)),
@@ -134,14 +392,31 @@ def resolve_setup(config: Mapping[str, Any], setup: str | None = None) -> dict[s
     overrides = chosen.get("overrides", {})
     for section in SECTIONS:
         resolved[section] = {**copy.deepcopy(config[section]), **overrides.get(section, {})}
+    own = overrides.get("baselines", {})
+    resolved["baselines"] = {
+        name: {**copy.deepcopy(values), **own.get(name, {})}
+        for name, values in config.get("baselines", {}).items()
+    }
     return resolved
 
 
 def trained_variant(variant: str) -> str | None:
-    """Which variant's trained networks a variant evaluates with (None: untrained networks)."""
-    if variant in UNTRAINED:
-        return None
-    return TRAINED_BY.get(variant, variant)
+    """Which variant's fitted editor a variant evaluates with (None: nothing is fitted)."""
+    return registry.get(variant).checkpoint
+
+
+def variant_sections(
+    variant: str, editor: Mapping[str, Any], training: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The setup's ``editor`` and ``training`` sections with the variant's own values on top."""
+    spec = registry.get(variant)
+    editor = {**editor, **spec.editor_overrides}
+    base_edits = int(training["n_trajectories"]) * int(training["trajectory_length"])
+    training = {**training, **spec.training_overrides}
+    if spec.same_edits:
+        # Single-edit training sees as many edits as the setup's trajectory training.
+        training["n_trajectories"] = max(1, base_edits // int(training["trajectory_length"]))
+    return editor, training
 
 
 def job_config(
@@ -153,6 +428,7 @@ def job_config(
     seed: int,
 ) -> dict[str, Any]:
     """Everything one train/evaluate job needs, as plain JSON-able data."""
+    editor, training = variant_sections(variant, resolved["editor"], resolved["training"])
     return {
         "setup": resolved["name"],
         "model_name": model,
@@ -161,21 +437,38 @@ def job_config(
         "dataset": copy.deepcopy(config["datasets"][dataset]),
         "variant": variant,
         "seed": int(seed),
-        **{section: copy.deepcopy(resolved[section]) for section in SECTIONS},
+        "editor": copy.deepcopy(editor),
+        "training": copy.deepcopy(training),
+        "evaluation": copy.deepcopy(resolved["evaluation"]),
+        # Only this variant's own baseline section: another editor's change must not rerun it.
+        "baselines": {
+            name: copy.deepcopy(values)
+            for name, values in resolved.get("baselines", {}).items()
+            if name == variant
+        },
     }
 
 
-def read_job_config(value: str) -> dict[str, Any]:
+def read_job_config(value: str) -> JobConfig:
     """Parse ``--run-config``: a JSON string, or a path to a JSON/YAML file holding one."""
     text = value.strip()
+    source = "--run-config"
     if not text.startswith("{"):
         path = Path(value)
         if not path.is_file():
             raise ConfigError(f"--run-config {value!r}: neither JSON nor an existing file")
         text = path.read_text()
+        source = str(path)
         if path.suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
+            return _typed(yaml.safe_load(text), source)
     try:
-        return json.loads(text)
+        return _typed(json.loads(text), source)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"--run-config: not valid JSON: {err}") from err
+        raise ConfigError(f"{source}: not valid JSON: {err}") from err
+
+
+def _typed(job: Any, source: str) -> JobConfig:
+    try:
+        return JobConfig.from_dict(job)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from err

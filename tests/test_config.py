@@ -99,10 +99,10 @@ def test_job_config_round_trips_through_json(config, tmp_path):
     resolved = resolve_setup(config, "smoke")
     job = job_config(config, resolved, "tiny-llama", "geofacts-zsre", "hiedit", 3)
     text = json.dumps(job)
-    assert read_job_config(text) == job
+    assert read_job_config(text).to_dict() == job
     path = tmp_path / "job.json"
     path.write_text(text)
-    assert read_job_config(str(path))["seed"] == 3
+    assert read_job_config(str(path)).seed == 3
     with pytest.raises(ConfigError, match="neither JSON nor an existing file"):
         read_job_config(str(tmp_path / "missing.json"))
 
@@ -111,3 +111,82 @@ def test_reused_networks():
     assert trained_variant("hiedit-rand") == "hiedit"
     assert trained_variant("static-k") == "hiedit"
     assert trained_variant("rledit") == "rledit"
+    assert trained_variant("hiedit-untrained") is None
+    assert trained_variant("hiedit-k3") == "hiedit-k3"
+
+
+def _schema():
+    import yaml
+
+    return yaml.safe_load((ROOT / "hiedit/schemas/config.schema.yaml").read_text())
+
+
+def test_schema_variant_names_are_the_registry():
+    from hiedit import registry
+
+    setup = _schema()["properties"]["setups"]["additionalProperties"]
+    items = setup["properties"]["variants"]["items"]
+    assert items["enum"] == registry.names()
+
+
+@pytest.mark.parametrize("section", ["editor", "training", "evaluation"])
+def test_typed_sections_have_exactly_the_schema_keys(section):
+    import dataclasses
+
+    from hiedit.config import SECTION_TYPES
+
+    fields = [f.name for f in dataclasses.fields(SECTION_TYPES[section])]
+    definition = _schema()["$defs"][section]
+    assert sorted(fields) == sorted(definition["properties"]) == sorted(definition["required"])
+
+
+def test_job_config_types_its_sections_and_names_bad_keys(config):
+    from hiedit.config import JobConfig
+
+    job = job_config(
+        config, resolve_setup(config, "smoke"), "tiny-llama", "geofacts-zsre", "hiedit", 0
+    )
+    typed = JobConfig.from_dict(job)
+    assert isinstance(typed.training.meta_lr, float) and typed.training.back_depth == 2
+    assert typed.evaluation.static_k_modules == ()
+    missing = copy.deepcopy(job)
+    del missing["training"]["loc_coef"]
+    with pytest.raises(ConfigError, match="'training'.*loc_coef|loc_coef"):
+        JobConfig.from_dict(missing)
+    wrong = copy.deepcopy(job)
+    wrong["editor"]["rank"] = "big"
+    with pytest.raises(ConfigError, match="'editor.rank'"):
+        JobConfig.from_dict(wrong)
+    unknown = copy.deepcopy(job)
+    unknown["variant"] = "hiedit-typo"
+    with pytest.raises(ConfigError, match="unknown variant 'hiedit-typo'"):
+        JobConfig.from_dict(unknown)
+
+
+def test_variant_overrides_are_written_into_the_run_configuration(config):
+    resolved = resolve_setup(config, "smoke")
+    mend = job_config(config, resolved, "tiny-llama", "geofacts-zsre", "mend", 0)
+    hiedit = job_config(config, resolved, "tiny-llama", "geofacts-zsre", "hiedit", 0)
+    assert mend["training"]["trajectory_length"] == 1 and mend["training"]["back_depth"] == 1
+    # single-edit training sees as many edits as the setup's trajectories
+    edits = hiedit["training"]["n_trajectories"] * hiedit["training"]["trajectory_length"]
+    assert mend["training"]["n_trajectories"] == edits
+    step_only = job_config(config, resolved, "tiny-llama", "geofacts-zsre", "step-only", 0)
+    assert step_only["training"]["trainable"] == "step_size"
+    assert hiedit["training"]["trainable"] == "all"
+
+
+def test_nested_command_line_overrides_are_typed_before_validation(config):
+    """Snakemake's `--config evaluation='{"n_edits": 5}'` passes every nested value as a string."""
+    cli = copy.deepcopy(config)
+    cli["evaluation"] = {**cli["evaluation"], "n_edits": "5", "batch_size": "8"}
+    cli["training"] = {**cli["training"], "meta_lr": "3e-4", "intrinsic_reward": "false"}
+    cli["setups"]["smoke"]["overrides"]["evaluation"]["n_edits"] = "7"
+    validate_config(cli)
+    assert cli["evaluation"]["n_edits"] == 5 and cli["training"]["meta_lr"] == 3e-4
+    assert cli["training"]["intrinsic_reward"] is False
+    assert cli["setups"]["smoke"]["overrides"]["evaluation"]["n_edits"] == 7
+    bad = copy.deepcopy(config)
+    bad["evaluation"] = {**bad["evaluation"], "n_edits": "five"}
+    with pytest.raises(ConfigError, match="'evaluation.n_edits'"):
+        validate_config(bad)

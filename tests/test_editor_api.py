@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_editor_support import MODULES, candidate_weights, tiny_job, tiny_model, toy_records
+from editor_helpers import MODULES, candidate_weights, tiny_job, tiny_model, toy_records
 
 from hiedit.editor import load_editor
 from hiedit.editor.trainer import train_editor
@@ -151,13 +151,30 @@ def test_save_and_load_state_resume_the_stream_exactly(tmp_path):
         _editor("hiedit").load_state(tmp_path / "state.pt")
 
 
-def test_bf16_weights_commit_exactly_through_a_compensation_buffer():
+def test_auto_precision_keeps_an_fp32_master_copy_of_bf16_weights_only():
     job = tiny_job()
     job["model"]["dtype"] = "bfloat16"
     model, tok = tiny_model(job)
     editor = load_editor(job, model, tok, None)
-    assert editor.precision.mode == "compensated"
-    editor.edit_records(toy_records(1))
+    step = editor.edit_records(toy_records(1))
     assert editor.model.dtype == torch.bfloat16
+    for name, module in zip(editor.module_names, editor.modules, strict=True):
+        weight = module.weight
+        assert editor.precision.mode_for(weight) == "master"
+        mode, master = editor.precision.buffer_for(weight)
+        if name in step.selected:  # the weight is always the rounded master copy
+            assert master.dtype == torch.float32
+            assert torch.equal(weight, master.to(torch.bfloat16))
     fp32 = _editor()
-    assert fp32.precision.mode == "nearest"
+    fp32.edit_records(toy_records(1))
+    assert all(fp32.precision.mode_for(m.weight) == "nearest" for m in fp32.modules)
+    assert fp32.precision.state_dict()["buffers"] == {}
+
+
+def test_tiny_job_builds_an_editor():
+    job = tiny_job()
+    model, tok = tiny_model(job)
+    editor = load_editor(job, model, tok, None)
+    assert editor.module_names == MODULES
+    assert editor.k == 2
+    assert len(toy_records(5)) == 5

@@ -6,7 +6,7 @@ import csv
 import json
 
 import torch
-from test_editor_support import tiny_job, toy_records
+from editor_helpers import tiny_job, toy_records
 
 from hiedit.cli import main
 from hiedit.data import write_split

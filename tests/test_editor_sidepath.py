@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from test_editor_support import tiny_job, tiny_model, toy_records
+from editor_helpers import tiny_job, tiny_model, toy_records
 
 from hiedit.editor import load_editor
 from hiedit.editor.losses import answer_logits, scoring_batch

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 import torch
-from test_editor_support import tiny_job, tiny_model, toy_records
+from editor_helpers import tiny_job, tiny_model, toy_records
 
 from hiedit.editor import load_editor
 from hiedit.editor.trainer import Trainer, partial_path, train_editor

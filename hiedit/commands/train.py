@@ -52,18 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
+    from hiedit.atomic import write_json
     from hiedit.config import read_job_config
     from hiedit.data import read_split
     from hiedit.editor import load_editor
-    from hiedit.editor.api import _atomic_json
     from hiedit.editor.trainer import train_editor
     from hiedit.evaluation.runinfo import collect_runinfo
     from hiedit.models import load_model
 
     job = read_job_config(args.run_config)
-    for key in ("model", "variant", "seed", "editor", "training"):
-        if key not in job:
-            raise ConfigError(f"--run-config: missing key {key!r}")
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be positive, got {args.threads}")
@@ -71,7 +68,7 @@ def run_train(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     records = read_split(args.train_data)
     started = time.perf_counter()
-    model, tokenizer = load_model(job["model"], device=device)
+    model, tokenizer = load_model(job.model, device=device)
     editor = load_editor(job, model, tokenizer, None)
     result = train_editor(
         editor,
@@ -84,16 +81,16 @@ def run_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     steps = result.rows
     info = collect_runinfo(
-        seeds={"seed": int(job["seed"])},
+        seeds={"seed": job.seed},
         device=device,
         extra={
-            "variant": job["variant"],
+            "variant": job.variant,
             "train_records": len(records),
             "steps": len(steps),
             "wall_seconds": round(seconds, 3),
             "mean_step_seconds": (sum(r["seconds"] for r in steps) / len(steps)) if steps else None,
         },
     )
-    _atomic_json(info, Path(args.out).with_name(Path(args.out).name + ".runinfo.json"))
+    write_json(Path(args.out).with_name(Path(args.out).name + ".runinfo.json"), info, default=str)
     log.info("wrote %s and %s (%.1f s)", result.checkpoint, result.log_path, seconds)
     return 0

@@ -8,8 +8,7 @@ configuration and, optionally, a trained checkpoint.
 
 from __future__ import annotations
 
-import copy
-import json
+import difflib
 import logging
 import os
 import time
@@ -21,11 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from hiedit.atomic import atomic_path
+import kernels
+from hiedit.atomic import save_torch
+from hiedit.config import JobConfig, section_dict
 from hiedit.data.records import QA, EditRecord
 from hiedit.data.tokenize import Batch, encode_qa
 from hiedit.editor.capture import Capture, capture_gradients
-from hiedit.editor.commit import commit_update, precision_state
+from hiedit.editor.commit import commit_update
 from hiedit.editor.lowlevel import Factors, LowLevelNet
 from hiedit.editor.router import Router, topk_mask
 from hiedit.editor.variants import Variant, random_subset, resolve_variant, static_module_set
@@ -37,8 +38,19 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "hiedit-editor"
 STATE_KIND = "hiedit-editor-state"
+STATE_VERSION = 2
 # Editor keys that change the networks (the others only change evaluation behaviour).
 NETWORK_KEYS = ("style", "rank", "n_blocks", "lr", "token", "router_hidden")
+# What an edit stream changes in the networks: the running normalisers' statistics only.
+NORMALIZER_BUFFERS = (".normalizer.count", ".normalizer.mean", ".normalizer.m2")
+REQUEST_KEYS = (
+    "prompt",
+    "target_new",
+    "subject",
+    "rephrase_prompt",
+    "locality_prompt",
+    "locality_ground_truth",
+)
 
 
 @dataclass
@@ -60,15 +72,17 @@ def group_key(module: nn.Linear) -> str:
     return f"{module.out_features}x{module.in_features}"
 
 
-def network_identity(job_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def network_identity(job: JobConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The configuration a set of trained networks depends on (stored in checkpoints and compared)."""
-    modules = list(job_cfg["model"]["modules"])
-    variant = resolve_variant(job_cfg["variant"], int(job_cfg["model"]["k"]), len(modules))
-    identity = {"model_name": job_cfg.get("model_name"), "model.modules": modules}
+    job = JobConfig.from_dict(job)
+    modules = job.module_names
+    variant = resolve_variant(job.variant, int(job.model["k"]), len(modules))
+    identity = {"model_name": job.model_name, "model.modules": modules}
     identity["trained_variant"] = variant.trained_as
     identity["k"] = variant.k
+    editor = section_dict(job.editor)
     for key in NETWORK_KEYS:
-        identity[f"editor.{key}"] = job_cfg["editor"][key]
+        identity[f"editor.{key}"] = editor[key]
     return identity
 
 
@@ -88,21 +102,23 @@ def check_identity(saved: Mapping[str, Any], current: Mapping[str, Any], source:
 class HiEditor:
     """Sequential editor over the candidate modules of ``model`` (see the package docstring)."""
 
-    def __init__(self, job_cfg: Mapping[str, Any], model: nn.Module, tokenizer: Any) -> None:
-        self.job_cfg = copy.deepcopy(dict(job_cfg))
+    def __init__(
+        self, job: JobConfig | Mapping[str, Any], model: nn.Module, tokenizer: Any
+    ) -> None:
+        self.job = JobConfig.from_dict(job)
         self.model = model
         self.tokenizer = tokenizer
-        editor_cfg = self.job_cfg["editor"]
-        self.module_names: list[str] = list(self.job_cfg["model"]["modules"])
+        editor_cfg = self.job.editor
+        self.module_names: list[str] = self.job.module_names
         self.modules: list[nn.Linear] = candidate_modules(model, self.module_names)
         self.variant: Variant = resolve_variant(
-            self.job_cfg["variant"], int(self.job_cfg["model"]["k"]), len(self.module_names)
+            self.job.variant, int(self.job.model["k"]), len(self.module_names)
         )
         self.k = self.variant.k
-        self.token = editor_cfg["token"]
-        self.update_normalizer_in_eval = bool(editor_cfg["update_normalizer_in_eval"])
-        self.edits_per_step = int(self.job_cfg.get("training", {}).get("edits_per_step", 1))
-        self.seed = int(self.job_cfg["seed"])
+        self.token = editor_cfg.token
+        self.update_normalizer_in_eval = editor_cfg.update_normalizer_in_eval
+        self.edits_per_step = self.job.training.edits_per_step
+        self.seed = self.job.seed
         self.device = self.modules[0].weight.device
 
         init = torch.Generator().manual_seed(self.seed)
@@ -120,10 +136,10 @@ class HiEditor:
                 first.in_features,
                 first.out_features,
                 len(indices),
-                rank=int(editor_cfg["rank"]),
-                n_blocks=int(editor_cfg["n_blocks"]),
-                lr=float(editor_cfg["lr"]),
-                style=editor_cfg["style"],
+                rank=editor_cfg.rank,
+                n_blocks=editor_cfg.n_blocks,
+                lr=editor_cfg.lr,
+                style=editor_cfg.style,
                 generator=init,
             )
         self.router: Router | None = None
@@ -132,15 +148,13 @@ class HiEditor:
                 key: self.modules[idx[0]].in_features + self.modules[idx[0]].out_features
                 for key, idx in members.items()
             }
-            self.router = Router(
-                self.groups, dims, int(editor_cfg["router_hidden"]), generator=init
-            )
+            self.router = Router(self.groups, dims, editor_cfg.router_hidden, generator=init)
         self.nets.to(self.device)
         if self.router is not None:
             self.router.to(self.device)
 
         self.base_weights = [m.weight.detach().clone() for m in self.modules]
-        self.precision = precision_state(editor_cfg["commit_precision"], self.base_weights)
+        self.precision = kernels.PrecisionState(editor_cfg.commit_precision)
         self.selection_counts: list[int] | None = None
         self.static_set: list[int] | None = None
         self.step = 0
@@ -228,7 +242,7 @@ class HiEditor:
         if selection == "static":
             if self.static_set is None:
                 self.static_set = static_module_set(
-                    self.job_cfg.get("evaluation", {}).get("static_k_modules", []),
+                    self.job.evaluation.static_k_modules,
                     self.module_names,
                     self.k,
                     self.selection_counts,
@@ -273,8 +287,15 @@ class HiEditor:
 
         Each request needs ``prompt`` and ``target_new``; ``subject``, ``rephrase_prompt``,
         ``locality_prompt`` and ``locality_ground_truth`` are optional (the edit itself only uses
-        the prompt and the new target). All requests are checked before anything is edited.
+        the prompt and the new target); any other key is refused, naming it. A single dict is one
+        request. All requests are checked before anything is edited.
         """
+        if isinstance(requests, Mapping):
+            requests = [requests]  # one request
+        if isinstance(requests, str | bytes) or not isinstance(requests, Sequence):
+            raise ConfigError(
+                f"edit() takes a list of request dicts, got {type(requests).__name__}"
+            )
         records = [_request_to_record(i, r) for i, r in enumerate(requests)]
         steps = []
         for start in range(0, len(records), self.edits_per_step):
@@ -295,15 +316,31 @@ class HiEditor:
         self.step = 0
         self.rng = torch.Generator().manual_seed(self.seed + 1)
 
+    def normalizer_state(self) -> dict[str, torch.Tensor]:
+        """The running normalisers' statistics: all an edit stream changes in the networks."""
+        state = self.network_state()
+        out = {}
+        for part in ("nets", "router"):
+            for key, value in (state[part] or {}).items():
+                if key.endswith(NORMALIZER_BUFFERS):
+                    out[f"{part}.{key}"] = value
+        return out
+
     def save_state(self, path: str | os.PathLike[str]) -> None:
-        """Everything a sequential edit stream needs to resume (written atomically)."""
+        """What a sequential edit stream needs to resume (written atomically).
+
+        During a stream the networks are frozen except their normaliser statistics, so only
+        those are saved (the networks themselves come from the checkpoint the stream was started
+        with, which the stream's fingerprint pins), with the candidate modules' weights, their
+        precision buffers, the step counter and the random state.
+        """
         named = dict(zip(self.module_names, [m.weight for m in self.modules], strict=True))
         state = {
             "kind": STATE_KIND,
-            "identity": network_identity(self.job_cfg),
+            "version": STATE_VERSION,
+            "identity": network_identity(self.job),
             "variant": self.variant.name,
-            "networks": self.network_state(),
-            "initial_networks": self._initial_networks,
+            "normalizers": self.normalizer_state(),
             "weights": {name: w.detach().clone() for name, w in named.items()},
             "precision": self.precision.state_dict(named),
             "step": self.step,
@@ -311,16 +348,20 @@ class HiEditor:
             "selection_counts": self.selection_counts,
             "static_set": self.static_set,
         }
-        _atomic_save(state, path)
+        save_torch(path, state)
 
     def load_state(self, path: str | os.PathLike[str]) -> None:
-        """Resume a stream saved by :meth:`save_state` (refused if written under another config)."""
+        """Resume a stream saved by :meth:`save_state` (refused if written under another config).
+
+        The editor must have been built from the same checkpoint as the saved stream.
+        """
         state = torch.load(path, map_location=self.device, weights_only=False)
-        if state.get("kind") != STATE_KIND:
+        if state.get("kind") != STATE_KIND or state.get("version") != STATE_VERSION:
             raise CheckpointMismatchError(
-                f"{path}: not an editor state file (kind {state.get('kind')!r})"
+                f"{path}: not an editor state file of version {STATE_VERSION} "
+                f"(kind {state.get('kind')!r}, version {state.get('version')!r})"
             )
-        check_identity(state["identity"], network_identity(self.job_cfg), str(path))
+        check_identity(state["identity"], network_identity(self.job), str(path))
         if state["variant"] != self.variant.name:
             raise CheckpointMismatchError(
                 f"{path}: variant: checkpoint {state['variant']!r} vs config {self.variant.name!r}"
@@ -330,28 +371,39 @@ class HiEditor:
                 module.weight.copy_(state["weights"][name])
         named = dict(zip(self.module_names, [m.weight for m in self.modules], strict=True))
         self.precision.load_state_dict(state["precision"], named)
-        self._initial_networks = state["initial_networks"]
-        self.load_network_state(state["networks"])
+        self.load_network_state(self._initial_networks)
+        self._load_normalizers(state["normalizers"], str(path))
         self.step = int(state["step"])
         self.rng.set_state(state["rng"])
         self.selection_counts = state["selection_counts"]
         self.static_set = state["static_set"]
 
+    def _load_normalizers(self, saved: Mapping[str, torch.Tensor], source: str) -> None:
+        expected = self.normalizer_state()
+        if set(saved) != set(expected):
+            raise CheckpointMismatchError(f"{source}: normaliser statistics of other networks")
+        parts = {"nets": self.nets, "router": self.router}
+        with torch.no_grad():
+            for key, value in saved.items():
+                part, name = key.split(".", 1)
+                parts[part].get_buffer(name).copy_(value)
+
 
 def _request_to_record(index: int, request: Mapping[str, Any]) -> EditRecord:
     if not isinstance(request, Mapping):
         raise ConfigError(f"request {index}: expected a dict, got {type(request).__name__}")
+    unknown = [key for key in request if key not in REQUEST_KEYS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), REQUEST_KEYS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"request {index}: unknown key {key!r}{hint}; known keys: {', '.join(REQUEST_KEYS)}"
+        )
     for key in ("prompt", "target_new"):
         if key not in request:
             raise ConfigError(f"request {index}: missing key {key!r}")
-    for key in (
-        "prompt",
-        "target_new",
-        "subject",
-        "rephrase_prompt",
-        "locality_prompt",
-        "locality_ground_truth",
-    ):
+    for key in REQUEST_KEYS:
         if key in request and (not isinstance(request[key], str) or not request[key].strip()):
             raise ConfigError(f"request {index}: key {key!r} must be a non-empty string")
     prompt, target = request["prompt"], request["target_new"]
@@ -374,18 +426,6 @@ def _request_to_record(index: int, request: Mapping[str, Any]) -> EditRecord:
     )
 
 
-def _atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
-
-
-def _atomic_json(obj: Any, path: str | os.PathLike[str]) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    return Path(path)
-
-
 def read_checkpoint(
     path: str | os.PathLike[str], device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
@@ -400,16 +440,16 @@ def read_checkpoint(
 
 
 def load_editor(
-    job_cfg: Mapping[str, Any],
+    job: JobConfig | Mapping[str, Any],
     model: nn.Module,
     tokenizer: Any,
     checkpoint: str | os.PathLike[str] | None = None,
 ) -> HiEditor:
-    """An editor for ``job_cfg["variant"]``: trained networks from ``checkpoint``, or a seeded fresh init."""
-    editor = HiEditor(job_cfg, model, tokenizer)
+    """An editor for the job's variant: trained networks from ``checkpoint``, or a seeded fresh init."""
+    editor = HiEditor(job, model, tokenizer)
     if checkpoint is not None:
         state = read_checkpoint(checkpoint, editor.device)
-        check_identity(state["identity"], network_identity(editor.job_cfg), str(checkpoint))
+        check_identity(state["identity"], network_identity(editor.job), str(checkpoint))
         editor.load_network_state(state["networks"])
         editor.selection_counts = state.get("selection_counts")
         editor._snapshot_networks()

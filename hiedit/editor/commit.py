@@ -2,7 +2,9 @@
 
 ``W_l ← W_l + scale_l · B_lᵀ A_l`` for the selected modules only, in place, through
 ``kernels.lowrank_update_`` (one grouped launch on GPU, the blocked PyTorch reference on CPU),
-with a :class:`kernels.PrecisionState` chosen from ``editor.commit_precision``.
+with a :class:`kernels.PrecisionState` built from ``editor.commit_precision`` (whose ``auto`` mode
+is defined once, in ``kernels/precision.py``: an fp32 master copy for bf16/fp16 weights, plain
+rounding for fp32 weights).
 """
 
 from __future__ import annotations
@@ -15,22 +17,6 @@ from torch import nn
 import kernels
 from hiedit.editor.lowlevel import Factors
 from hiedit.errors import NonFiniteError
-
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def precision_state(
-    commit_precision: str, weights: Sequence[torch.Tensor]
-) -> kernels.PrecisionState:
-    """The precision buffers for ``commit_precision``.
-
-    ``auto`` is exact for low-precision weights (a Kahan compensation buffer in fp32) and plain
-    round-to-nearest for fp32 weights, where nothing is lost.
-    """
-    if commit_precision == "auto":
-        low = any(w.dtype in _LOW_PRECISION for w in weights)
-        return kernels.PrecisionState("compensated" if low else "nearest")
-    return kernels.PrecisionState(commit_precision)
 
 
 def check_finite(factors: Sequence[Factors | None], names: Sequence[str], step: int) -> None:

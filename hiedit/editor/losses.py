@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -144,15 +145,28 @@ def l2_penalty(factors: Sequence[Factors], mask: torch.Tensor) -> torch.Tensor:
     return sum(m**2 * f.frob_sq() for m, f in zip(mask, factors, strict=True))
 
 
+class LossWeights(Protocol):
+    """The two coefficients of L_low (``training.loc_coef``, ``training.l2_coef``)."""
+
+    loc_coef: float
+    l2_coef: float
+
+
+def weighted_loss(ce, kl, l2, weights: LossWeights):
+    """The one definition of how L_low weighs its terms: ``CE + λ_loc·KL + η_reg·L2``.
+
+    Each term may be a tensor or a plain 0 (the trainer back-propagates the terms separately).
+    """
+    return ce + weights.loc_coef * kl + weights.l2_coef * l2
+
+
 def low_level_loss(
     logits: torch.Tensor,
     base_logp_unrel: torch.Tensor,
     scoring: ScoringBatch,
     factors: Sequence[Factors],
     mask: torch.Tensor,
-    *,
-    loc_coef: float,
-    l2_coef: float,
+    weights: LossWeights,
 ) -> LossParts:
     """L_low from answer-position ``logits`` of the scoring rows under the masked update.
 
@@ -161,7 +175,7 @@ def low_level_loss(
     """
     ce, kl = prediction_loss(logits, base_logp_unrel, scoring)
     l2 = l2_penalty(factors, mask)
-    return LossParts(ce + loc_coef * kl + l2_coef * l2, ce, kl, l2)
+    return LossParts(weighted_loss(ce, kl, l2, weights), ce, kl, l2)
 
 
 def unrel_log_probs(logits: torch.Tensor, scoring: ScoringBatch) -> list[torch.Tensor]:

@@ -24,16 +24,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hiedit.atomic import atomic_path
+from hiedit.atomic import atomic_path, save_torch
+from hiedit.config import JobConfig, section_dict
 from hiedit.data.records import EditRecord
-from hiedit.editor.api import (
-    CHECKPOINT_KIND,
-    HiEditor,
-    _atomic_save,
-    check_identity,
-    network_identity,
-)
+from hiedit.editor.api import CHECKPOINT_KIND, HiEditor, check_identity, network_identity
 from hiedit.editor.losses import (
+    ScoringBatch,
     answer_logits,
     l2_penalty,
     low_level_loss,
@@ -41,7 +37,9 @@ from hiedit.editor.losses import (
     reference_forward,
     scoring_batch,
     unrel_log_probs,
+    weighted_loss,
 )
+from hiedit.editor.lowlevel import Factors
 from hiedit.editor.prefix import PrefixCache
 from hiedit.editor.router import gumbel_topk, straight_through, topk_mask
 from hiedit.editor.sidepath import side_path
@@ -64,23 +62,8 @@ LOG_COLUMNS = (
     "selected",
     "seconds",
 )
-TRAINING_KEYS = (
-    "n_train",
-    "trajectory_length",
-    "n_trajectories",
-    "edits_per_step",
-    "back_depth",
-    "time_decay",
-    "loc_coef",
-    "l2_coef",
-    "meta_lr",
-    "clip_norm",
-    "update_every",
-    "step_size_lr",
-    "intrinsic_reward",
-    "pathwise_gradient",
-    "score_function",
-)
+# Training keys that do not change the result (only how it is computed or saved).
+NOT_IN_IDENTITY = ("side_path_chunk", "checkpoint_every")
 
 
 @dataclass
@@ -92,14 +75,16 @@ class TrainResult:
     rows: list[dict[str, Any]]
 
 
-def training_identity(job_cfg: dict[str, Any]) -> dict[str, Any]:
+def training_identity(job: JobConfig | dict[str, Any]) -> dict[str, Any]:
     """Network identity plus what determines the training run (for resume checks)."""
-    identity = network_identity(job_cfg)
-    identity["seed"] = int(job_cfg["seed"])
-    identity["dataset_name"] = job_cfg.get("dataset_name")
-    for key in TRAINING_KEYS:
-        identity[f"training.{key}"] = job_cfg["training"].get(key)
-    identity["editor.gumbel_tau"] = job_cfg["editor"]["gumbel_tau"]
+    job = JobConfig.from_dict(job)
+    identity = network_identity(job)
+    identity["seed"] = job.seed
+    identity["dataset_name"] = job.dataset_name
+    for key, value in section_dict(job.training).items():
+        if key not in NOT_IN_IDENTITY:
+            identity[f"training.{key}"] = value
+    identity["editor.gumbel_tau"] = job.editor.gumbel_tau
     return identity
 
 
@@ -109,41 +94,55 @@ def default_log_path(checkpoint: str | os.PathLike[str]) -> Path:
     return path.with_name(path.stem + ".loss.csv")
 
 
+@dataclass
+class Route:
+    """The modules of one training step: the hard K-hot sample, the mask used in the loss (the
+    straight-through one when the router learns pathwise) and the sample's log-probability."""
+
+    hard: torch.Tensor
+    mask: torch.Tensor
+    log_prob: torch.Tensor | None
+
+
+@dataclass
+class SidePathLoss:
+    """L_low(ω) of one step, computed chunk by chunk into detached leaves of the factors/mask."""
+
+    ce: torch.Tensor
+    kl: torch.Tensor
+    l2: torch.Tensor
+    total: torch.Tensor
+    leaves: list[Factors]
+    mask_leaf: torch.Tensor
+    unrel: list[torch.Tensor]  # log-probabilities under ω: the next step's KL targets
+
+
 class Trainer:
-    """Trains ``editor``'s networks on ``records`` (the train split) under ``editor.job_cfg``."""
+    """Trains ``editor``'s networks on ``records`` (the train split) under ``editor.job``."""
 
     def __init__(self, editor: HiEditor, records: Sequence[EditRecord]) -> None:
         self.editor = editor
-        cfg = editor.job_cfg["training"]
+        cfg = editor.job.training
         self.cfg = cfg
-        self.tau = float(editor.job_cfg["editor"]["gumbel_tau"])
+        self.tau = editor.job.editor.gumbel_tau
         if not records:
             raise ConfigError("the train split is empty")
-        self.records = list(records)[: int(cfg["n_train"])]
+        self.records = list(records)[: cfg.n_train]
         seed = editor.seed
         order = torch.randperm(len(self.records), generator=torch.Generator().manual_seed(seed))
         self.order = order.tolist()
         self.intrinsic = (
             editor.variant.intrinsic_reward
             if editor.variant.intrinsic_reward is not None
-            else bool(cfg["intrinsic_reward"])
+            else cfg.intrinsic_reward
         )
         self.has_router = editor.router is not None
-        self.pathwise = bool(cfg["pathwise_gradient"]) and self.has_router
-        self.score_function = bool(cfg["score_function"]) and self.has_router
-        # The log step sizes ρ_m (η_m = lr·e^ρ) get their own Adam rate (MEND's "lr_lr"): at the
-        # shared meta_lr a log step size moves by ~meta_lr per step, far too slowly to matter.
-        step_size_lr = float(cfg.get("step_size_lr", cfg["meta_lr"]))
-        log_lrs = [p for n, p in editor.nets.named_parameters() if n.endswith("log_lr")]
-        others = [p for n, p in editor.nets.named_parameters() if not n.endswith("log_lr")]
-        self.net_optimizer = torch.optim.Adam(
-            [{"params": others}, {"params": log_lrs, "lr": step_size_lr}], lr=float(cfg["meta_lr"])
-        )
-        self.router_optimizer = (
-            torch.optim.Adam(editor.router.parameters(), lr=float(cfg["meta_lr"]))
-            if self.has_router
-            else None
-        )
+        # trainable = step_size: only the per-module log step sizes move; the blocks and the
+        # router keep their initialisation (the router still samples the modules, untrained).
+        self.router_learns = self.has_router and cfg.trainable == "all"
+        self.pathwise = cfg.pathwise_gradient and self.router_learns
+        self.score_function = cfg.score_function and self.router_learns
+        self.net_optimizer, self.router_optimizer = self._optimizers()
         self.sampler = torch.Generator().manual_seed(seed + 2)
         self.prefix = PrefixCache(editor.model, editor.modules)
         self.trajectory = 0
@@ -155,130 +154,199 @@ class Trainer:
         # forward. Cleared whenever the weights are reset.
         self.kl_targets: dict[str, torch.Tensor] = {}
 
+    def _optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+        editor, cfg = self.editor, self.cfg
+        log_lrs = [p for n, p in editor.nets.named_parameters() if n.endswith("log_lr")]
+        others = [p for n, p in editor.nets.named_parameters() if not n.endswith("log_lr")]
+        if cfg.trainable == "step_size":
+            for param in others:
+                param.requires_grad_(False)
+            if editor.router is not None:
+                editor.router.requires_grad_(False)
+            others = []
+        # The log step sizes ρ_m (η_m = lr·e^ρ) get their own Adam rate (MEND's "lr_lr"): at the
+        # shared meta_lr a log step size moves by ~meta_lr per step, far too slowly to matter.
+        groups = [{"params": log_lrs, "lr": cfg.step_size_lr}]
+        if others:
+            groups.insert(0, {"params": others})
+        nets = torch.optim.Adam(groups, lr=cfg.meta_lr)
+        router = (
+            torch.optim.Adam(editor.router.parameters(), lr=cfg.meta_lr)
+            if self.router_learns
+            else None
+        )
+        return nets, router
+
     # --- one step -------------------------------------------------------------------------------
 
     def step_records(self, trajectory: int, step: int) -> list[EditRecord]:
-        per_step = int(self.cfg["edits_per_step"])
-        start = (trajectory * int(self.cfg["trajectory_length"]) + step) * per_step
+        per_step = self.cfg.edits_per_step
+        start = (trajectory * self.cfg.trajectory_length + step) * per_step
         return [self.records[self.order[(start + i) % len(self.records)]] for i in range(per_step)]
 
-    def train_step(self, window: list[list[EditRecord]], step: int) -> dict[str, Any]:
-        """One trajectory step on the newest records of ``window``; gradients are accumulated."""
-        editor, cfg = self.editor, self.cfg
-        started = time.perf_counter()
-        captures, nll_before = editor.capture(window[-1])
-        with torch.no_grad():
-            editor.update_normalizers(captures)
-        n_modules = len(editor.modules)
-        log_prob = None
-        if self.has_router:
-            scores = editor.scores(captures)
-            hard, _, log_prob = gumbel_topk(scores, editor.k, self.tau, self.sampler)
-            mask = straight_through(hard, scores) if self.pathwise else hard
-        else:
-            hard = torch.ones(n_modules, device=editor.device)
-            mask = hard
-        factors = editor.factors(captures)
-        scoring = scoring_batch(
-            editor.tokenizer,
-            window[-int(cfg["back_depth"]) :],
-            float(cfg["time_decay"]),
-            editor.device,
-        )
-        need_full = self.score_function and self.intrinsic
+    def route(self, captures) -> Route:
+        """Sample the step's modules (Gumbel-top-K; every module for a dense variant)."""
+        editor = self.editor
+        if not self.has_router:
+            hard = torch.ones(len(editor.modules), device=editor.device)
+            return Route(hard, hard, None)
+        scores = editor.scores(captures)
+        hard, _, log_prob = gumbel_topk(scores, editor.k, self.tau, self.sampler)
+        mask = straight_through(hard, scores) if self.pathwise else hard
+        return Route(hard, mask, log_prob)
+
+    def kl_targets_for(
+        self, factors: Sequence[Factors], scoring: ScoringBatch, with_full: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """KL targets of every backtracked record (new ones computed) and L_low(1)'s logits."""
         ids = scoring.record_ids
         missing = [i for i, rid in enumerate(ids) if rid not in self.kl_targets]
         fresh, full_logits = reference_forward(
-            editor.model,
-            editor.modules,
+            self.editor.model,
+            self.editor.modules,
             factors,
             scoring,
-            with_full=need_full,
+            with_full=with_full,
             base_records=missing,
             prefix=self.prefix,
         )
         targets = dict(self.kl_targets)
         targets.update({ids[i]: logp for i, logp in zip(missing, fresh, strict=True)})
-        loc_coef, l2_coef = float(cfg["loc_coef"]), float(cfg["l2_coef"])
-        # The side path under ω runs a chunk of records at a time: each chunk's backward frees its
-        # activations into detached copies of the factors and the mask, and one backward at the
-        # end carries those gradients into the networks (the same gradient as a single pass,
-        # with the activations of one chunk instead of back_depth records in memory).
+        return targets, full_logits
+
+    def side_path_loss(
+        self,
+        factors: Sequence[Factors],
+        mask: torch.Tensor,
+        scoring: ScoringBatch,
+        targets: dict[str, torch.Tensor],
+    ) -> SidePathLoss:
+        """L_low(ω) through the side path, back-propagated into detached leaves chunk by chunk.
+
+        Each chunk's backward frees its activations into detached copies of the factors and the
+        mask; :meth:`backward_into_networks` then carries those gradients into the networks in one
+        backward (the same gradient as a single pass, with one chunk's activations in memory).
+        """
+        editor, cfg = self.editor, self.cfg
         leaves = [f.leaf_copy() for f in factors]
         mask_leaf = mask.detach().requires_grad_()
         ce = kl = torch.zeros((), device=editor.device)
         unrel: list[torch.Tensor] = []
-        for chunk in scoring.chunks(int(cfg.get("side_path_chunk", 0))):
+        for chunk in scoring.chunks(cfg.side_path_chunk):
             chunk_base = torch.cat([targets[rid] for rid in chunk.record_ids])
             with side_path(editor.modules, leaves, list(mask_leaf)):
                 logits = answer_logits(editor.model, chunk.batch, self.prefix)
             chunk_ce, chunk_kl = prediction_loss(logits, chunk_base, chunk)
-            (chunk_ce + loc_coef * chunk_kl).backward()
+            weighted_loss(chunk_ce, chunk_kl, 0.0, cfg).backward()
             ce, kl = ce + chunk_ce.detach(), kl + chunk_kl.detach()
             unrel.extend(unrel_log_probs(logits, chunk))
             del logits
         l2 = l2_penalty(leaves, mask_leaf)
-        (l2_coef * l2).backward()
-        total = ce + loc_coef * kl + l2_coef * l2.detach()
-        loss_full = None
-        if need_full:
-            with torch.no_grad():
-                ones = torch.ones(n_modules, device=editor.device)
-                loss_full = low_level_loss(
-                    full_logits,
-                    torch.cat([targets[rid] for rid in ids]),
-                    scoring,
-                    [f.detached() for f in factors],
-                    ones,
-                    loc_coef=loc_coef,
-                    l2_coef=l2_coef,
-                ).total
-        if not bool(torch.isfinite(total)):
-            raise NonFiniteError(
-                f"training step {self.global_step} (trajectory {self.trajectory}, step {step}): "
-                f"the low-level loss is {float(total)}"
-            )
+        weighted_loss(0.0, 0.0, l2, cfg).backward()
+        total = weighted_loss(ce, kl, l2.detach(), cfg)
+        return SidePathLoss(ce, kl, l2.detach(), total, leaves, mask_leaf, unrel)
+
+    def full_mask_loss(
+        self,
+        full_logits: torch.Tensor,
+        factors: Sequence[Factors],
+        scoring: ScoringBatch,
+        targets: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """L_low(1): the same loss with every module's update (no gradient)."""
+        with torch.no_grad():
+            ones = torch.ones(len(self.editor.modules), device=self.editor.device)
+            return low_level_loss(
+                full_logits,
+                torch.cat([targets[rid] for rid in scoring.record_ids]),
+                scoring,
+                [f.detached() for f in factors],
+                ones,
+                self.cfg,
+            ).total
+
+    def backward_into_networks(
+        self,
+        factors: Sequence[Factors],
+        loss: SidePathLoss,
+        route: Route,
+        reward: torch.Tensor | None,
+    ) -> None:
+        """One backward from the leaves' gradients (and the score-function term) into both nets."""
         outputs: list[torch.Tensor] = []
         grads: list[torch.Tensor] = []
-        for f, leaf in zip(factors, leaves, strict=True):
+        for f, leaf in zip(factors, loss.leaves, strict=True):
             for out, copy in ((f.a, leaf.a), (f.b, leaf.b), (f.scale, leaf.scale)):
                 if out.requires_grad and copy.grad is not None:
                     outputs.append(out)
                     grads.append(copy.grad)
-        if mask.requires_grad:  # the pathwise (straight-through) gradient to the router
-            outputs.append(mask)
-            grads.append(mask_leaf.grad)
+        if route.mask.requires_grad:  # the pathwise (straight-through) gradient to the router
+            outputs.append(route.mask)
+            grads.append(loss.mask_leaf.grad)
+        if reward is not None:
+            outputs.append(-reward * route.log_prob)
+            grads.append(torch.ones_like(route.log_prob))
+        if outputs:
+            torch.autograd.backward(outputs, grads)
+
+    def train_step(self, window: list[list[EditRecord]], step: int) -> dict[str, Any]:
+        """One trajectory step on the newest records of ``window``; gradients are accumulated.
+
+        Capture at W_t, route, compute every module's factors, score the last ``back_depth``
+        edits through the side path (L_low(ω) with grad; the KL targets and L_low(1) without),
+        back-propagate ``L_low(ω) − sg(r_high) · log π(ω)`` and commit ω·Δ.
+        """
+        editor = self.editor
+        started = time.perf_counter()
+        captures, nll_before = editor.capture(window[-1])
+        with torch.no_grad():
+            editor.update_normalizers(captures)
+        route = self.route(captures)
+        factors = editor.factors(captures)
+        scoring = scoring_batch(
+            editor.tokenizer, window[-self.cfg.back_depth :], self.cfg.time_decay, editor.device
+        )
+        need_full = self.score_function and self.intrinsic
+        targets, full_logits = self.kl_targets_for(factors, scoring, need_full)
+        loss = self.side_path_loss(factors, route.mask, scoring, targets)
+        loss_full = (
+            self.full_mask_loss(full_logits, factors, scoring, targets) if need_full else None
+        )
+        if not bool(torch.isfinite(loss.total)):
+            raise NonFiniteError(
+                f"training step {self.global_step} (trajectory {self.trajectory}, step {step}): "
+                f"the low-level loss is {float(loss.total)}"
+            )
         reward = None
         if self.score_function:
             # r_high = L_low(1) − L_low(ω) (intrinsic) or r_low(ω) = −L_low(ω) (ablation).
-            reward = (loss_full - total) if self.intrinsic else -total
-            outputs.append(-reward * log_prob)
-            grads.append(torch.ones_like(log_prob))
-        if outputs:
-            torch.autograd.backward(outputs, grads)
-        selected = hard.nonzero().flatten().tolist()
+            reward = (loss_full - loss.total) if self.intrinsic else -loss.total
+        self.backward_into_networks(factors, loss, route, reward)
+        selected = route.hard.nonzero().flatten().tolist()
         editor.step = self.global_step
         editor.commit(factors, selected)
-        self.kl_targets = dict(zip(ids, unrel, strict=True))
+        self.kl_targets = dict(zip(scoring.record_ids, loss.unrel, strict=True))
         return {
             "trajectory": self.trajectory,
             "step": step,
             "global_step": self.global_step,
-            "loss": float(total),
+            "loss": float(loss.total),
             "loss_full": None if loss_full is None else float(loss_full),
-            "ce": float(ce),
-            "kl": float(kl),
-            "l2": float(l2.detach()),
+            "ce": float(loss.ce),
+            "kl": float(loss.kl),
+            "l2": float(loss.l2),
             "reward": None if reward is None else float(reward),
-            "log_prob": None if log_prob is None else float(log_prob.detach()),
+            "log_prob": None if route.log_prob is None else float(route.log_prob.detach()),
             "edit_nll_before": nll_before,
             "selected": ";".join(map(str, selected)),
             "seconds": time.perf_counter() - started,
         }
 
     def optimizer_step(self) -> None:
-        clip = float(self.cfg["clip_norm"])
-        torch.nn.utils.clip_grad_norm_(list(self.editor.nets.parameters()), clip)
+        clip = self.cfg.clip_norm
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in self.editor.nets.parameters() if p.requires_grad], clip
+        )
         self.net_optimizer.step()
         self.net_optimizer.zero_grad(set_to_none=True)
         if self.router_optimizer is not None:
@@ -291,13 +359,13 @@ class Trainer:
         editor, cfg = self.editor, self.cfg
         editor.reset_weights()
         self.kl_targets = {}
-        length, every = int(cfg["trajectory_length"]), int(cfg["update_every"])
+        length, every = cfg.trajectory_length, cfg.update_every
         window: list[list[EditRecord]] = []
         rows = []
         editor.nets.train()
         for step in range(length):
             window.append(self.step_records(self.trajectory, step))
-            window = window[-int(cfg["back_depth"]) :]
+            window = window[-cfg.back_depth :]
             rows.append(self.train_step(window, step))
             self.global_step += 1
             if (step + 1) % every == 0 or step == length - 1:
@@ -313,8 +381,8 @@ class Trainer:
         editor = self.editor
         return {
             "kind": CHECKPOINT_KIND,
-            "identity": network_identity(editor.job_cfg),
-            "training_identity": training_identity(editor.job_cfg),
+            "identity": network_identity(editor.job),
+            "training_identity": training_identity(editor.job),
             "networks": editor.network_state(),
             "selection_counts": editor.selection_counts,
             "complete": complete,
@@ -331,7 +399,7 @@ class Trainer:
         }
 
     def restore(self, state: dict[str, Any], source: str) -> None:
-        check_identity(state["training_identity"], training_identity(self.editor.job_cfg), source)
+        check_identity(state["training_identity"], training_identity(self.editor.job), source)
         self.editor.load_network_state(state["networks"])
         self.editor.selection_counts = state.get("selection_counts")
         progress = state["progress"]
@@ -400,9 +468,9 @@ def train_editor(
         state = torch.load(partial, map_location=editor.device, weights_only=False)
         trainer.restore(state, str(partial))
         log.info("resuming %s at trajectory %d", partial, trainer.trajectory)
-    total = int(cfg["n_trajectories"])
+    total = cfg.n_trajectories
     end = total if stop_after is None else min(total, stop_after)
-    every = int(cfg["checkpoint_every"])
+    every = cfg.checkpoint_every
     bar = tqdm(
         range(trainer.trajectory, end),
         desc=f"train {editor.variant.name}",
@@ -421,16 +489,16 @@ def train_editor(
             sum(r["seconds"] for r in rows) / len(rows),
         )
         if trainer.trajectory % every == 0 and trainer.trajectory < total:
-            _atomic_save(trainer.checkpoint_state(complete=False), partial)
+            save_torch(partial, trainer.checkpoint_state(complete=False))
             write_log(trainer.rows, log_path)
     complete = trainer.trajectory >= total
     if not complete:
-        _atomic_save(trainer.checkpoint_state(complete=False), partial)
+        save_torch(partial, trainer.checkpoint_state(complete=False))
         write_log(trainer.rows, log_path)
         return TrainResult(partial, log_path, trainer.rows)
     if editor.router is not None and editor.selection_counts is None:
-        editor.selection_counts = trainer.count_selections(int(cfg["trajectory_length"]))
-    _atomic_save(trainer.checkpoint_state(complete=True), out)
+        editor.selection_counts = trainer.count_selections(cfg.trajectory_length)
+    save_torch(out, trainer.checkpoint_state(complete=True))
     write_log(trainer.rows, log_path)
     partial.unlink(missing_ok=True)
     return TrainResult(out, log_path, trainer.rows)

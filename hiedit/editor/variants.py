@@ -1,17 +1,9 @@
-"""Method variants and ablations (method §7): how a variant is trained and how it selects modules.
+"""What a HiEdit-family variant means for the editor: its K, selection rule and trained networks.
 
-| variant        | trained as     | K at train = inference | selection at inference             |
-|----------------|----------------|------------------------|------------------------------------|
-| hiedit         | hiedit         | model k                | learned top-K                      |
-| hiedit-rand    | (uses hiedit)  | model k                | fresh seeded uniform K-subset      |
-| static-k       | (uses hiedit)  | model k                | one fixed K-set for every edit     |
-| no-intrinsic   | no-intrinsic   | model k                | learned top-K (router trained on r_low) |
-| rledit         | rledit         | L (dense, no router)   | all modules                        |
-| hiedit-k<K>    | hiedit-k<K>    | K                      | learned top-K                      |
-| hiedit-untrained | (none: fresh networks) | model k          | top-K of the untrained router      |
-
-``hiedit-untrained`` is evaluated with the seeded initial networks, never trained: the baseline
-that shows what training adds.
+The variants themselves (names, selection, which checkpoint each uses, which parameters train)
+are defined once, in :mod:`hiedit.registry`; :func:`resolve_variant` binds one to a model's K and
+number of candidate modules, and the functions below implement the ``static`` and ``random``
+selection rules.
 """
 
 from __future__ import annotations
@@ -21,49 +13,39 @@ from dataclasses import dataclass
 
 import torch
 
+from hiedit import registry
 from hiedit.errors import ConfigError
-
-BASE_VARIANTS = ("hiedit", "hiedit-rand", "static-k", "no-intrinsic", "rledit", "hiedit-untrained")
-K_PREFIX = "hiedit-k"
-SELECTIONS = ("learned", "random", "static", "dense")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """What a variant means for the editor."""
+    """A registry variant bound to a model: what the editor needs to know."""
 
     name: str
-    trained_as: str  # the variant whose training produced the networks it uses
+    trained_as: str  # the variant whose fitted networks it uses (network identity)
     k: int
-    selection: str  # one of SELECTIONS
-    uses_router: bool  # whether the trained networks include a router
+    selection: str  # one of registry.SELECTIONS
+    uses_router: bool
     intrinsic_reward: bool | None  # None: take training.intrinsic_reward from the config
 
 
 def resolve_variant(name: str, model_k: int, n_modules: int) -> Variant:
     """The :class:`Variant` for ``name`` with the model's K and its ``n_modules`` candidates."""
-    if name.startswith(K_PREFIX):
-        suffix = name[len(K_PREFIX) :]
-        if not suffix.isdigit() or not 1 <= int(suffix) <= n_modules:
-            raise ConfigError(
-                f"variant {name!r}: K must be an integer between 1 and {n_modules} (the candidate modules)"
-            )
-        return Variant(name, name, int(suffix), "learned", True, None)
+    spec = registry.get(name)
+    if spec.family != "hiedit":
+        raise ConfigError(
+            f"variant {name!r} is a baseline editor ({spec.builder}), not a HiEdit variant"
+        )
     if not 1 <= model_k <= n_modules:
         raise ConfigError(f"model k = {model_k} must be between 1 and {n_modules}")
-    table = {
-        "hiedit": Variant("hiedit", "hiedit", model_k, "learned", True, None),
-        "hiedit-rand": Variant("hiedit-rand", "hiedit", model_k, "random", True, None),
-        "static-k": Variant("static-k", "hiedit", model_k, "static", True, None),
-        "no-intrinsic": Variant("no-intrinsic", "no-intrinsic", model_k, "learned", True, False),
-        "rledit": Variant("rledit", "rledit", n_modules, "dense", False, None),
-        "hiedit-untrained": Variant("hiedit-untrained", "hiedit", model_k, "learned", True, None),
-    }
-    if name not in table:
-        raise ConfigError(
-            f"unknown variant {name!r}; expected one of {', '.join(BASE_VARIANTS)} or {K_PREFIX}<K>"
-        )
-    return table[name]
+    return Variant(
+        name=name,
+        trained_as=spec.checkpoint or spec.name,
+        k=spec.resolve_k(model_k, n_modules),
+        selection=spec.selection,
+        uses_router=spec.uses_router,
+        intrinsic_reward=spec.intrinsic_reward,
+    )
 
 
 def static_module_set(

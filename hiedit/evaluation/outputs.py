@@ -11,15 +11,13 @@ concatenates such files (validating each) into the project's metrics table.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hiedit.atomic import atomic_path
+from hiedit.atomic import atomic_path, json_writer, write_all_or_nothing
 from hiedit.errors import HiEditError
 
 if TYPE_CHECKING:
@@ -39,55 +37,11 @@ class ResultFileError(HiEditError):
     """A result file is missing, unreadable or malformed (the message names the file)."""
 
 
-def _json_writer(obj: Any) -> Callable[[Path], None]:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, ensure_ascii=False, indent=1, allow_nan=False)
-            handle.write("\n")
-
-    return write
-
-
 def _csv_writer(frame: pd.DataFrame) -> Callable[[Path], None]:
     def write(tmp: Path) -> None:
         frame.to_csv(tmp, index=False)
 
     return write
-
-
-def write_all_or_nothing(
-    out_dir: str | os.PathLike[str], writers: Mapping[str, Callable[[Path], None]]
-) -> list[Path]:
-    """Write every ``name -> writer(tmp_path)`` into ``out_dir``; rename only once all succeeded.
-
-    Files are renamed in the mapping's order, so put the completeness marker last. Temporary
-    files live in ``out_dir`` itself so each rename stays on one filesystem.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for name, writer in writers.items():
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            os.close(fd)
-            staged.append((Path(tmp_name), out / name))
-            writer(Path(tmp_name))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    mode = _file_mode()
-    for tmp, dest in staged:
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    return [dest for _, dest in staged]
-
-
-def _file_mode() -> int:
-    # mkstemp creates 0600 files; results should get the permissions an ordinary open() gives.
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def clear_results(out_dir: str | os.PathLike[str]) -> None:
@@ -212,7 +166,6 @@ def write_table(path: str | os.PathLike[str], frame: pd.DataFrame) -> Path:
     """Write ``frame`` as CSV atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
-        os.chmod(tmp, _file_mode())
     return Path(path)
 
 
@@ -242,7 +195,7 @@ def write_evaluation(
         PER_EDIT_FILE: _csv_writer(per_edit),
         CURVE_FILE: _csv_writer(curve),
         LONG_FILE: _csv_writer(long),
-        RUNINFO_FILE: _json_writer(dict(runinfo)),
-        METRICS_FILE: _json_writer(dict(summary)),
+        RUNINFO_FILE: json_writer(dict(runinfo)),
+        METRICS_FILE: json_writer(dict(summary)),
     }
     return write_all_or_nothing(out_dir, writers)

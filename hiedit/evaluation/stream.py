@@ -13,9 +13,11 @@ Order of work (method §8):
    is the mean over the first ``min(num_pre, T)`` records of that final scoring.
 
 With a state folder the stream saves the editor state, the progress (per-edit log, curve points,
-unedited scores) and the random number generator states every ``save_every`` edits and at every
-curve checkpoint; a rerun with the same inputs resumes after the last save and ends with metrics
-identical to an uninterrupted run. A state folder written for other inputs is refused.
+unedited scores) and the random number generator states every ``save_every`` edits, whenever
+``save_interval`` seconds have passed since the last save (a time budget: the number of saves
+does not grow with the stream), and after the last edit; a rerun with the same inputs resumes
+after the last save and ends with metrics identical to an uninterrupted run. A state folder
+written for other inputs is refused; :meth:`StateFolder.remove` deletes what the stream wrote.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from hiedit.phases import phase_column
 if TYPE_CHECKING:
     import pandas as pd
 
+    from hiedit.config import JobConfig
     from hiedit.data.records import EditRecord
 
 log = logging.getLogger(__name__)
@@ -78,25 +81,33 @@ class StreamSettings:
     curve_sample: int
     batch_size: int
     seed: int
-    save_every: int = 0  # 0: save state only at curve checkpoints
+    save_every: int = 0  # save every this many edits (0: no count-based saves)
+    # Time budget (0: off): save when this many seconds have passed since the last save, and
+    # never sooner than the last save's duration / save_time_fraction, so saving costs at most
+    # that fraction of the stream's time however slow a save is.
+    save_interval: float = 0.0
+    save_time_fraction: float = 0.05
     max_length: int | None = None
 
     @classmethod
-    def from_job_config(cls, job: Mapping[str, Any], *, save_every: int = 0) -> StreamSettings:
-        """Settings from a job configuration (``hiedit.config.job_config``)."""
-        evaluation = job["evaluation"]
+    def from_job_config(
+        cls, job: JobConfig, *, save_every: int = 0, save_interval: float = 0.0
+    ) -> StreamSettings:
+        """Settings from a job configuration (:class:`hiedit.config.JobConfig`)."""
+        evaluation = job.evaluation
         return cls(
-            n_edits=int(evaluation["n_edits"]),
-            num_pre=int(evaluation["num_pre"]),
-            n_curve_points=int(evaluation["n_curve_points"]),
-            curve_sample=int(evaluation["curve_sample"]),
-            batch_size=int(evaluation["batch_size"]),
-            seed=int(job["seed"]),
-            save_every=int(save_every),
+            n_edits=evaluation.n_edits,
+            num_pre=evaluation.num_pre,
+            n_curve_points=evaluation.n_curve_points,
+            curve_sample=evaluation.curve_sample,
+            batch_size=evaluation.batch_size,
+            seed=job.seed,
+            save_every=save_every,
+            save_interval=save_interval,
         )
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that change results (``save_every`` does not)."""
+        """The settings that change results (the save schedule does not)."""
         return {
             "n_edits": self.n_edits,
             "num_pre": self.num_pre,
@@ -118,7 +129,8 @@ class StreamResult:
     editor reports its phases, the record's metric values after
     the stream, and its ``unedited_*`` values); ``curve``: one row per checkpoint (n_edits,
     n_scored, metrics of the sample); ``n_forwards``: scoring forwards (the editor's excluded);
-    ``seconds``: unedited_scoring, final_scoring, edits (sum of the editor's step times) and
+    ``seconds``: unedited_scoring, final_scoring, edits (sum of the editor's step times),
+    state_saves (time spent saving the stream state, when there is a state folder) and
     this_process (wall time of this call, which after a resume covers only the remainder).
     """
 
@@ -130,6 +142,14 @@ class StreamResult:
     n_forwards: int
     resumed_from: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    state_saves: int = 0  # saves of the stream state made by this process
+    state_bytes: int = 0  # bytes those saves wrote
+    state_folder: StateFolder | None = None
+
+    def remove_state(self) -> None:
+        """Delete the stream's saved state (once its results are safely written)."""
+        if self.state_folder is not None:
+            self.state_folder.remove()
 
 
 def curve_checkpoints(n_edits: int, n_points: int) -> list[int]:
@@ -176,7 +196,7 @@ def _differences(expected: Any, found: Any, prefix: str = "") -> list[str]:
     return [] if expected == found else [prefix.rstrip(".")]
 
 
-class _StateFolder:
+class StateFolder:
     """Periodic saves of the editor and the stream's progress in one folder.
 
     The editor state is written under a name that carries the edit count, then ``progress.pt``
@@ -186,6 +206,10 @@ class _StateFolder:
     def __init__(self, folder: str | os.PathLike[str], fingerprint: Mapping[str, Any]):
         self.folder = Path(folder)
         self.fingerprint = dict(fingerprint)
+        self.bytes_written = 0
+        self.seconds = 0.0
+        self.last_seconds = 0.0
+        self.saves = 0
 
     def load(self) -> dict[str, Any] | None:
         import torch
@@ -207,10 +231,9 @@ class _StateFolder:
         return progress
 
     def save(self, editor: SequentialEditor, progress: dict[str, Any]) -> None:
-        import torch
+        from hiedit.atomic import atomic_path, save_torch
 
-        from hiedit.atomic import atomic_path
-
+        started = time.perf_counter()
         self.folder.mkdir(parents=True, exist_ok=True)
         editor_name = f"editor-{progress['done']:08d}.pt"
         with atomic_path(self.folder / editor_name) as tmp:
@@ -221,12 +244,25 @@ class _StateFolder:
             "fingerprint": self.fingerprint,
             "editor_state": editor_name,
         }
-        with atomic_path(self.folder / PROGRESS_FILE) as tmp:
-            torch.save(progress, tmp)
+        save_torch(self.folder / PROGRESS_FILE, progress)
         for old in self.folder.glob("editor-*.pt"):
             if old.name != editor_name:
                 old.unlink(missing_ok=True)
+        self.saves += 1
+        self.bytes_written += sum(
+            (self.folder / name).stat().st_size for name in (editor_name, PROGRESS_FILE)
+        )
+        self.last_seconds = time.perf_counter() - started
+        self.seconds += self.last_seconds
         log.debug("saved stream state after %d edits in %s", progress["done"], self.folder)
+
+    def remove(self) -> None:
+        """Delete what the stream wrote here (a user-given folder may hold other things)."""
+        (self.folder / PROGRESS_FILE).unlink(missing_ok=True)
+        for path in self.folder.glob("editor-*.pt"):
+            path.unlink(missing_ok=True)
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
 
 
 def _score_frame(scores: Scores) -> dict[str, list[float]]:
@@ -251,171 +287,234 @@ def run_stream(
     identifies the inputs (job configuration, data, checkpoint) so that a state folder written
     for something else is refused rather than silently continued.
     """
-    import pandas as pd
-
-    started = time.perf_counter()
-    if settings.n_edits < 1:
-        raise ValueError(f"n_edits must be positive, got {settings.n_edits}")
-    if len(records) < settings.n_edits:
-        log.warning(
-            "the eval split has %d records; the stream uses all of them instead of n_edits = %d",
-            len(records),
-            settings.n_edits,
-        )
-    stream = list(records[: settings.n_edits])
-    total = len(stream)
-    if total == 0:
-        raise ValueError("no records to edit")
-    num_pre = min(settings.num_pre, total)
-    checkpoints = curve_checkpoints(total, settings.n_curve_points)
-    data_format = stream[0].format
-    columns = metric_columns(data_format)
-    score = _scorer(model, tokenizer, settings, progress)
-
-    folder = None
-    saved = None
+    run = _Stream(editor, model, tokenizer, records, settings, progress)
     if state_dir is not None:
+        run.attach_state(state_dir, fingerprint or {})
+    run.start()
+    run.edit_all()
+    return run.assemble()
+
+
+class _Stream:
+    """One stream's progress: its records, what has been edited and scored, and its saves."""
+
+    def __init__(self, editor, model, tokenizer, records, settings: StreamSettings, progress):
+        self.started = time.perf_counter()
+        if settings.n_edits < 1:
+            raise ValueError(f"n_edits must be positive, got {settings.n_edits}")
+        if len(records) < settings.n_edits:
+            log.warning(
+                "the eval split has %d records; the stream uses all of them instead of n_edits = %d",
+                len(records),
+                settings.n_edits,
+            )
+        self.stream = list(records[: settings.n_edits])
+        if not self.stream:
+            raise ValueError("no records to edit")
+        self.editor, self.settings, self.progress = editor, settings, progress
+        self.total = len(self.stream)
+        self.checkpoints = curve_checkpoints(self.total, settings.n_curve_points)
+        self.columns = metric_columns(self.stream[0].format)
+        self.score = _scorer(model, tokenizer, settings, progress)
+        self.folder: StateFolder | None = None
+        self.done = 0
+        self.resumed_from = 0
+        self.edit_log: list[dict[str, Any]] = []
+        self.curve_rows: list[dict[str, Any]] = []
+        self.last_save = time.perf_counter()
+
+    def attach_state(self, state_dir, fingerprint: Mapping[str, Any]) -> None:
         full_fingerprint = {
-            "settings": settings.fingerprint(),
-            "records": [rec.record_id for rec in stream],
-            "inputs": dict(fingerprint or {}),
+            "settings": self.settings.fingerprint(),
+            "records": [rec.record_id for rec in self.stream],
+            "inputs": dict(fingerprint),
         }
-        folder = _StateFolder(state_dir, full_fingerprint)
-        saved = folder.load()
+        self.folder = StateFolder(state_dir, full_fingerprint)
 
-    if saved is not None:
-        editor.load_state(folder.folder / saved["editor_state"])
-        _set_rng_state(saved["rng"])
-        done = int(saved["done"])
-        unedited_table = saved["unedited"]
-        unedited_predictions = saved["unedited_predictions"]
-        edit_log = list(saved["per_edit"])
-        curve_rows = list(saved["curve"])
-        n_forwards = int(saved["n_forwards"])
-        unedited_seconds = float(saved["unedited_seconds"])
-        log.info("resuming the stream after %d of %d edits from %s", done, total, folder.folder)
-    else:
-        unedited = score(stream, None, "scoring unedited")
-        unedited_seconds = time.perf_counter() - started
-        unedited_table = _score_frame(unedited)
-        unedited_predictions = unedited.predictions
-        done, edit_log, curve_rows, n_forwards = 0, [], [], unedited.n_forwards
+    def start(self) -> None:
+        """Resume from the state folder, or score the unedited model (and save that)."""
+        saved = self.folder.load() if self.folder is not None else None
+        if saved is not None:
+            self.editor.load_state(self.folder.folder / saved["editor_state"])
+            _set_rng_state(saved["rng"])
+            self.done = self.resumed_from = int(saved["done"])
+            self.unedited_table = saved["unedited"]
+            self.unedited_predictions = saved["unedited_predictions"]
+            self.edit_log = list(saved["per_edit"])
+            self.curve_rows = list(saved["curve"])
+            self.n_forwards = int(saved["n_forwards"])
+            self.unedited_seconds = float(saved["unedited_seconds"])
+            log.info("resuming the stream after %d of %d edits", self.done, self.total)
+            return
+        unedited = self.score(self.stream, None, "scoring unedited")
+        self.unedited_seconds = time.perf_counter() - self.started
+        self.unedited_table = _score_frame(unedited)
+        self.unedited_predictions = unedited.predictions
+        self.n_forwards = unedited.n_forwards
+        self.save()
 
-    def snapshot() -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         return {
-            "done": done,
-            "per_edit": edit_log,
-            "curve": curve_rows,
-            "unedited": unedited_table,
-            "unedited_predictions": unedited_predictions,
-            "n_forwards": n_forwards,
-            "unedited_seconds": unedited_seconds,
+            "done": self.done,
+            "per_edit": self.edit_log,
+            "curve": self.curve_rows,
+            "unedited": self.unedited_table,
+            "unedited_predictions": self.unedited_predictions,
+            "n_forwards": self.n_forwards,
+            "unedited_seconds": self.unedited_seconds,
             "rng": _rng_state(),
         }
 
-    if folder is not None and saved is None:
-        folder.save(editor, snapshot())
-    resumed_from = done
+    def save(self) -> None:
+        if self.folder is not None:
+            self.folder.save(self.editor, self.snapshot())
+            self.last_save = time.perf_counter()
 
-    bar = tqdm(total=total, initial=done, desc="editing", unit="edit", disable=not progress)
-    try:
-        for index in range(done, total):
-            record = stream[index]
-            tick = time.perf_counter()
-            step = editor.edit_records([record])
-            wall = time.perf_counter() - tick
-            edit_log.append(
-                {
-                    "index": index,
-                    "record_id": record.record_id,
-                    "relation": record.relation,
-                    "selected": ";".join(step.selected),
-                    "n_selected": len(step.selected),
-                    "seconds": float(step.seconds),
-                    "wall_seconds": wall,
-                    # Editors that time their phases (HiEditor does) get one column per phase.
-                    **{
-                        phase_column(name): float(value)
-                        for name, value in getattr(step, "phases", {}).items()
-                    },
-                }
-            )
-            done = index + 1
-            bar.update(1)
-            if done in checkpoints and done < total:
-                sample = curve_sample_indices(done, settings.curve_sample, settings.seed)
-                scores = score(
-                    [stream[i] for i in sample],
-                    [unedited_predictions[i] for i in sample],
-                    f"curve at {done}",
-                    bar=False,  # short, and would interleave with the stream's bar
-                )
-                n_forwards += scores.n_forwards
-                curve_rows.append(
-                    {"n_edits": done, "n_scored": len(sample), **summarize(scores.frame, columns)}
-                )
-            periodic = settings.save_every > 0 and done % settings.save_every == 0
-            # Also after the last edit: a crash in the final scoring then redoes no edit.
-            if folder is not None and (periodic or done in checkpoints):
-                folder.save(editor, snapshot())
-    finally:
-        bar.close()
-    edited_at = time.perf_counter()
+    def save_due(self) -> bool:
+        settings = self.settings
+        if self.done == self.total:  # a crash in the final scoring then redoes no edit
+            return True
+        if settings.save_every > 0 and self.done % settings.save_every == 0:
+            return True
+        if settings.save_interval <= 0 or self.folder is None:
+            return False
+        waited = time.perf_counter() - self.last_save
+        budget = self.folder.last_seconds / settings.save_time_fraction
+        return waited >= max(settings.save_interval, budget)
 
-    final = score(stream, unedited_predictions, "scoring edited")
-    n_forwards += final.n_forwards
-    if total in checkpoints:
-        sample = curve_sample_indices(total, settings.curve_sample, settings.seed)
-        curve_rows.append(
+    def edit_one(self, index: int) -> None:
+        record = self.stream[index]
+        tick = time.perf_counter()
+        step = self.editor.edit_records([record])
+        wall = time.perf_counter() - tick
+        self.edit_log.append(
             {
-                "n_edits": total,
+                "index": index,
+                "record_id": record.record_id,
+                "relation": record.relation,
+                "selected": ";".join(step.selected),
+                "n_selected": len(step.selected),
+                "seconds": float(step.seconds),
+                "wall_seconds": wall,
+                # Editors that time their phases (HiEditor does) get one column per phase.
+                **{
+                    phase_column(name): float(value)
+                    for name, value in getattr(step, "phases", {}).items()
+                },
+            }
+        )
+        self.done = index + 1
+
+    def curve_point(self) -> None:
+        """Score a fixed sample of the edits made so far (the point at T comes from the end)."""
+        sample = curve_sample_indices(self.done, self.settings.curve_sample, self.settings.seed)
+        scores = self.score(
+            [self.stream[i] for i in sample],
+            [self.unedited_predictions[i] for i in sample],
+            f"curve at {self.done}",
+            bar=False,  # short, and would interleave with the stream's bar
+        )
+        self.n_forwards += scores.n_forwards
+        self.curve_rows.append(
+            {
+                "n_edits": self.done,
                 "n_scored": len(sample),
-                **summarize(final.frame.iloc[sample], columns),
+                **summarize(scores.frame, self.columns),
             }
         )
 
-    unedited_frame = pd.DataFrame(unedited_table)
-    unedited_columns = [c for c in columns if c != AGREEMENT]
-    metrics = summarize(final.frame, columns)
-    metrics.update(prefixed(summarize(final.frame.iloc[:num_pre], RETENTION_METRICS), "retention_"))
-    metrics.update(prefixed(summarize(unedited_frame, unedited_columns), "unedited_"))
-    metrics.update(
-        prefixed(summarize(unedited_frame.iloc[:num_pre], RETENTION_METRICS), "unedited_retention_")
-    )
+    def edit_all(self) -> None:
+        bar = tqdm(
+            total=self.total,
+            initial=self.done,
+            desc="editing",
+            unit="edit",
+            disable=not self.progress,
+        )
+        try:
+            for index in range(self.done, self.total):
+                self.edit_one(index)
+                bar.update(1)
+                if self.done in self.checkpoints and self.done < self.total:
+                    self.curve_point()
+                if self.save_due():
+                    self.save()
+        finally:
+            bar.close()
+        self.edited_at = time.perf_counter()
 
-    per_edit = pd.DataFrame(edit_log)
-    per_edit = pd.concat(
-        [
-            per_edit,
-            final.frame.reset_index(drop=True),
-            unedited_frame[unedited_columns].add_prefix("unedited_"),
-        ],
-        axis=1,
-    )
-    curve = pd.DataFrame(curve_rows, columns=["n_edits", "n_scored", *columns])
-    seconds = {
-        "unedited_scoring": unedited_seconds,
-        "final_scoring": time.perf_counter() - edited_at,
-        "edits": float(per_edit["seconds"].sum()),
-        "this_process": time.perf_counter() - started,
-    }
-    log.info(
-        "stream of %d edits: efficacy %.4f, generalization %.4f, specificity %.4f",
-        total,
-        metrics["efficacy"],
-        metrics["generalization"],
-        metrics["specificity"],
-    )
-    return StreamResult(
-        n_edits=total,
-        num_pre=num_pre,
-        metrics=metrics,
-        per_edit=per_edit,
-        curve=curve,
-        n_forwards=n_forwards,
-        resumed_from=resumed_from,
-        seconds=seconds,
-    )
+    def assemble(self) -> StreamResult:
+        """The final O(T) scoring, the last curve point, and the metrics and tables."""
+        import pandas as pd
+
+        final = self.score(self.stream, self.unedited_predictions, "scoring edited")
+        self.n_forwards += final.n_forwards
+        if self.total in self.checkpoints:
+            sample = curve_sample_indices(
+                self.total, self.settings.curve_sample, self.settings.seed
+            )
+            self.curve_rows.append(
+                {
+                    "n_edits": self.total,
+                    "n_scored": len(sample),
+                    **summarize(final.frame.iloc[sample], self.columns),
+                }
+            )
+        unedited = pd.DataFrame(self.unedited_table)
+        per_edit = pd.concat(
+            [
+                pd.DataFrame(self.edit_log),
+                final.frame.reset_index(drop=True),
+                unedited[self._unedited_columns()].add_prefix("unedited_"),
+            ],
+            axis=1,
+        )
+        metrics = self._metrics(final.frame, unedited)
+        log.info(
+            "stream of %d edits: efficacy %.4f, generalization %.4f, specificity %.4f",
+            self.total,
+            metrics["efficacy"],
+            metrics["generalization"],
+            metrics["specificity"],
+        )
+        return StreamResult(
+            n_edits=self.total,
+            num_pre=min(self.settings.num_pre, self.total),
+            metrics=metrics,
+            per_edit=per_edit,
+            curve=pd.DataFrame(self.curve_rows, columns=["n_edits", "n_scored", *self.columns]),
+            n_forwards=self.n_forwards,
+            resumed_from=self.resumed_from,
+            seconds=self._seconds(per_edit),
+            state_saves=0 if self.folder is None else self.folder.saves,
+            state_bytes=0 if self.folder is None else self.folder.bytes_written,
+            state_folder=self.folder,
+        )
+
+    def _unedited_columns(self) -> list[str]:
+        return [c for c in self.columns if c != AGREEMENT]
+
+    def _metrics(self, final: pd.DataFrame, unedited: pd.DataFrame) -> dict[str, float]:
+        num_pre = min(self.settings.num_pre, self.total)
+        metrics = summarize(final, self.columns)
+        metrics.update(prefixed(summarize(final.iloc[:num_pre], RETENTION_METRICS), "retention_"))
+        metrics.update(prefixed(summarize(unedited, self._unedited_columns()), "unedited_"))
+        metrics.update(
+            prefixed(summarize(unedited.iloc[:num_pre], RETENTION_METRICS), "unedited_retention_")
+        )
+        return metrics
+
+    def _seconds(self, per_edit: pd.DataFrame) -> dict[str, float]:
+        now = time.perf_counter()
+        seconds = {
+            "unedited_scoring": self.unedited_seconds,
+            "final_scoring": now - self.edited_at,
+            "edits": float(per_edit["seconds"].sum()),
+            "this_process": now - self.started,
+        }
+        if self.folder is not None:
+            seconds["state_saves"] = self.folder.seconds
+        return seconds
 
 
 def _scorer(model, tokenizer, settings: StreamSettings, progress: bool):

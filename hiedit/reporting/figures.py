@@ -12,13 +12,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from hiedit import registry
 from hiedit.reporting.inputs import MODULE_SEPARATOR, PHASE_COLUMNS, ReportInputError
 from hiedit.reporting.tables import (
-    K_SWEEP_PREFIX,
     REFERENCE_VARIANT,
     TABLE_METRICS,
     UNEDITED,
-    VARIANT_ORDER,
     final_metrics,
     mean_interval,
     order_variants,
@@ -87,19 +86,28 @@ def _run_label(frame: pd.DataFrame) -> pd.Series:
     return frame["model"] + " / " + frame["dataset"]
 
 
-def variant_palette(variants: Sequence[str]) -> dict[str, tuple[float, float, float]]:
-    """One colour per variant; the named variants keep theirs in every figure.
+UNEDITED_COLOUR = "#000000"
 
-    Colours follow :data:`VARIANT_ORDER`; other variants (the K sweep) take the next ones in
-    presentation order.
+
+def variant_palette(variants: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per variant, the registry's, so a variant looks the same in every figure.
+
+    K-sweep runs (and anything unregistered) share a sequential palette in K order.
     """
     import seaborn as sns
+    from matplotlib.colors import to_rgb
 
-    named = [v for v in VARIANT_ORDER if v != UNEDITED]
-    others = [v for v in order_variants(variants) if v not in named]
-    colours = sns.color_palette("tab10", n_colors=10)
-    ordered = named + others
-    return {v: colours[ordered.index(v) % len(colours)] for v in variants}
+    out: dict[str, tuple[float, float, float]] = {}
+    extra = [v for v in order_variants(variants) if v not in registry.VARIANTS and v != UNEDITED]
+    shades = sns.color_palette("crest", n_colors=max(len(extra), 1))
+    for name in variants:
+        if name == UNEDITED:
+            out[name] = to_rgb(UNEDITED_COLOUR)
+        elif name in registry.VARIANTS:
+            out[name] = to_rgb(registry.VARIANTS[name].colour)
+        else:
+            out[name] = tuple(shades[extra.index(name)])
+    return out
 
 
 def module_label(name: str) -> str:
@@ -126,8 +134,8 @@ def k_sweep_data(
     final = final_metrics(metrics)
     final = final[final["metric"].isin(TABLE_METRICS)].copy()
     variant = final["variant"]
-    suffix = variant.str.removeprefix(K_SWEEP_PREFIX)
-    sweep = variant.str.startswith(K_SWEEP_PREFIX) & suffix.str.isdigit()
+    suffix = variant.str.removeprefix(registry.K_SWEEP_PREFIX)
+    sweep = variant.map(registry.is_sweep).astype(bool)
     final["K"] = suffix.where(sweep).astype("float64")
     final["series"] = SWEEP_LABEL
     is_default = variant == REFERENCE_VARIANT
@@ -201,7 +209,7 @@ def learning_curve_data(metrics: pd.DataFrame, include_sweep: bool = False) -> p
     data = metrics[metrics["metric"].str.startswith(CURVE_PREFIX) & name.isin(CURVE_METRICS)].copy()
     data["metric"] = name[data.index]
     if not include_sweep:
-        data = data[~data["variant"].str.startswith(K_SWEEP_PREFIX)]
+        data = data[~data["variant"].map(registry.is_sweep).astype(bool)]
     if data.empty:
         raise ReportInputError("no efficacy/generalization/specificity rows for learning curves")
     data["run"] = _run_label(data)

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hiedit import registry
+from hiedit.errors import ConfigError
 from hiedit.reporting.inputs import ReportInputError
 from hiedit.reporting.paper import paper_number
 
@@ -30,34 +32,8 @@ TABLE_METRICS: dict[str, str] = {
 }
 UNEDITED = "unedited"
 UNEDITED_PREFIX = "unedited_"
-K_SWEEP_PREFIX = "hiedit-k"
-# Presentation order; variants not listed (e.g. the K sweep) follow in name order.
-VARIANT_ORDER = (
-    UNEDITED,
-    "rledit",
-    "hiedit-rand",
-    "hiedit",
-    "static-k",
-    "no-intrinsic",
-    "hiedit-untrained",
-)
-VARIANT_DESCRIPTIONS: dict[str, str] = {
-    UNEDITED: "the model before any edit",
-    "rledit": "dense: every module, no router",
-    "hiedit-rand": "hiedit's networks, a random K-subset per edit",
-    "hiedit": "learned top-K router, intrinsic reward",
-    "static-k": "one fixed K-set for every edit",
-    "no-intrinsic": "router trained with r_low instead of r_high",
-    "hiedit-untrained": "hiedit's networks before training",
-}
-ABLATION_VARIANTS = (
-    "hiedit",
-    "hiedit-rand",
-    "static-k",
-    "no-intrinsic",
-    "rledit",
-    "hiedit-untrained",
-)
+UNEDITED_DESCRIPTION = "the model before any edit"
+# Which variant the ablation table compares against (its paired differences).
 REFERENCE_VARIANT = "hiedit"
 CONFIDENCE = 0.95
 MISSING = "—"
@@ -147,16 +123,27 @@ def per_seed_values(metrics: pd.DataFrame, model: str, dataset: str) -> pd.DataF
 
 
 def order_variants(variants: Sequence[str]) -> list[str]:
-    """``variants`` in presentation order (:data:`VARIANT_ORDER`, then K sweep by K, then by name)."""
+    """``variants`` in presentation order: the unedited model, then the registry's order."""
 
-    def key(name: str) -> tuple[int, float, str]:
-        if name in VARIANT_ORDER:
-            return (0, VARIANT_ORDER.index(name), name)
-        if name.startswith(K_SWEEP_PREFIX) and name[len(K_SWEEP_PREFIX) :].isdigit():
-            return (1, int(name[len(K_SWEEP_PREFIX) :]), name)
-        return (2, 0, name)
+    def key(name: str) -> tuple[int, int, str]:
+        return (-1, 0, name) if name == UNEDITED else registry.sort_key(name)
 
     return sorted(set(variants), key=key)
+
+
+def describe(variant: str) -> str:
+    """The registry's description of a variant (the unedited model has its own)."""
+    if variant == UNEDITED:
+        return UNEDITED_DESCRIPTION
+    try:
+        return registry.get(variant).description
+    except ConfigError:
+        return ""
+
+
+def ablation_variants() -> list[str]:
+    """Table 2's rows: the registry's variants marked as ablations of hiedit."""
+    return [name for name in registry.names() if registry.get(name).ablation]
 
 
 def _check_present(values: pd.DataFrame, model: str, dataset: str, source: str) -> None:
@@ -182,7 +169,7 @@ def main_table(
         mine = values[values["variant"] == variant]
         row: dict[str, object] = {
             "Variant": variant,
-            "Description": VARIANT_DESCRIPTIONS.get(variant, _describe_sweep(variant)),
+            "Description": describe(variant),
             "Seeds": int(mine["seed"].nunique()),
         }
         for metric, label in TABLE_METRICS.items():
@@ -207,7 +194,7 @@ def ablation_table(
 
     values = per_seed_values(metrics, model, dataset)
     _check_present(values, model, dataset, source)
-    present = [v for v in ABLATION_VARIANTS if v in set(values["variant"])]
+    present = [v for v in ablation_variants() if v in set(values["variant"])]
     if REFERENCE_VARIANT not in present:
         raise ReportInputError(
             f"{source}: no final metrics of variant {REFERENCE_VARIANT} for {model}, {dataset}"
@@ -218,7 +205,7 @@ def ablation_table(
         mine = values[values["variant"] == variant]
         row: dict[str, object] = {
             "Variant": variant,
-            "Description": VARIANT_DESCRIPTIONS[variant],
+            "Description": describe(variant),
             "Seeds": int(mine["seed"].nunique()),
         }
         for metric, label in TABLE_METRICS.items():
@@ -243,15 +230,8 @@ def ablation_table(
 
 def _paper_has(model: str, dataset: str, metric: str) -> bool:
     return any(
-        paper_number(model, dataset, variant, metric) is not None for variant in VARIANT_ORDER
+        paper_number(model, dataset, variant, metric) is not None for variant in registry.names()
     )
-
-
-def _describe_sweep(variant: str) -> str:
-    suffix = variant.removeprefix(K_SWEEP_PREFIX)
-    if variant.startswith(K_SWEEP_PREFIX) and suffix.isdigit():
-        return f"hiedit trained and evaluated with K = {suffix}"
-    return ""
 
 
 _HTML_STYLE = """

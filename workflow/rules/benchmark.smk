@@ -7,8 +7,8 @@ rule bench_editor_speed:
     input:
         script="benchmarks/editor_speed.py",
         model=lambda w: model_inputs(w.model),
-        train=f"results/data/{SETUP['datasets'][0]}/train.parquet",
-        eval=f"results/data/{SETUP['datasets'][0]}/eval.parquet",
+        train=expand(rules.prepare_data.output.train, dataset=SETUP["datasets"][0]),
+        eval=expand(rules.prepare_data.output.eval, dataset=SETUP["datasets"][0]),
     output:
         csv="results/bench/editor_speed/{model}.csv",
     log:

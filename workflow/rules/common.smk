@@ -1,16 +1,21 @@
 # Configuration validation, the resolved setup and helper functions shared by every stage.
 import json
 import os
+import shlex
 
-from hiedit.config import (
-    job_config,
-    resolve_setup,
-    trained_variant,
-    validate_config,
-)
+from hiedit import registry
+from hiedit.config import job_config, resolve_setup, validate_config
 
 validate_config(config)
 SETUP = resolve_setup(config)
+# The report's front page (workflow/report/workflow.rst) reads what runs, already merged.
+config["resolved_setup"] = SETUP
+# Rules run the project from this checkout (`python -m hiedit`), installed or not: the same
+# commands work in the user's environment, in a rule's conda environment and on a cluster node.
+# (Snakemake formats the prefix too: its braces are doubled once more.)
+shell.prefix(
+    f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
 # Threads per training/evaluation job (see job_threads in the schema).
 JOB_THREADS = SETUP["job_threads"]
 
@@ -67,11 +72,7 @@ def all_model_inputs():
 
 
 def all_prepared_data():
-    return expand(
-        "results/data/{dataset}/{split}.parquet",
-        dataset=SETUP["datasets"],
-        split=["train", "eval"],
-    )
+    return expand(list(rules.prepare_data.output), dataset=SETUP["datasets"])
 
 
 def run_config(wildcards):
@@ -90,14 +91,15 @@ def run_config(wildcards):
 
 
 def checkpoint_of(wildcards):
-    """The trained editor a variant is evaluated with (hiedit-rand and static-k reuse hiedit's)."""
-    trained = trained_variant(wildcards.variant)
-    if trained is None:
+    """The fitted editor a variant is evaluated with (hiedit-rand and static-k reuse hiedit's)."""
+    fitted = registry.get(wildcards.variant).checkpoint
+    if fitted is None:
         return []
-    return "results/editors/{model}/{dataset}/{variant}/seed{seed}/editor.pt".format(
+    return expand(
+        rules.train_editor.output.editor,
         model=wildcards.model,
         dataset=wildcards.dataset,
-        variant=trained,
+        variant=fitted,
         seed=wildcards.seed,
     )
 
@@ -106,9 +108,30 @@ def editor_flag(wildcards, input):
     return f"--checkpoint {input.editor}" if input.editor else "--untrained"
 
 
-def trained_variants():
-    return sorted({trained_variant(v) for v in SETUP["variants"]} - {None})
+def fitted_variants():
+    """The variants of the setup whose editors have a training (fitting) job."""
+    return sorted({registry.get(v).checkpoint for v in SETUP["variants"]} - {None})
+
+
+def sweep_ks():
+    """K values of the setup's K sweep (hiedit-k<K> variants)."""
+    return [
+        v.removeprefix(registry.K_SWEEP_PREFIX)
+        for v in SETUP["variants"]
+        if registry.is_sweep(v)
+    ]
 
 
 def is_gpu_model(name):
     return model_entry(name)["source"] == "hub"
+
+
+def all_runs(path, variants=None):
+    """``path`` (a rule's output) for every model, dataset, variant and seed of the setup."""
+    return expand(
+        path,
+        model=SETUP["models"],
+        dataset=SETUP["datasets"],
+        variant=SETUP["variants"] if variants is None else variants,
+        seed=SETUP["seeds"],
+    )

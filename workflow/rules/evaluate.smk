@@ -4,7 +4,7 @@
 rule evaluate:
     input:
         model=lambda w: model_inputs(w.model),
-        eval="results/data/{dataset}/eval.parquet",
+        eval=rules.prepare_data.output.eval,
         editor=checkpoint_of,
         cfg=rules.write_run_config.output[0],
     output:
@@ -33,13 +33,7 @@ rule evaluate:
 
 rule gather_metrics:
     input:
-        expand(
-            "results/eval/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv",
-            model=SETUP["models"],
-            dataset=SETUP["datasets"],
-            variant=SETUP["variants"],
-            seed=SETUP["seeds"],
-        ),
+        all_runs(rules.evaluate.output.metrics),
     output:
         table="results/tables/metrics.csv",
     log:

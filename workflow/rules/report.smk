@@ -17,11 +17,7 @@ REPORT_SETTINGS = {
         f"{m}: K = {model_entry(m)['k']} of L = {len(model_entry(m)['modules'])}"
         for m in SETUP["models"]
     ),
-    "k_sweep": ", ".join(
-        v.removeprefix("hiedit-k")
-        for v in SETUP["variants"]
-        if v.startswith("hiedit-k")
-    ),
+    "k_sweep": ", ".join(sweep_ks()),
     "trajectories": SETUP["training"]["n_trajectories"],
     "trajectory_length": SETUP["training"]["trajectory_length"],
 }
@@ -183,13 +179,7 @@ rule report_mask_usage:
 
 rule report_edit_time:
     input:
-        per_edit=expand(
-            rules.evaluate.output.per_edit,
-            model=SETUP["models"],
-            dataset=SETUP["datasets"],
-            variant=SETUP["variants"],
-            seed=SETUP["seeds"],
-        ),
+        per_edit=all_runs(rules.evaluate.output.per_edit),
     output:
         png=report(
             "results/report/figure4_edit_time.png",
@@ -221,13 +211,7 @@ rule report_edit_time:
 
 rule report_training_curves:
     input:
-        train_log=expand(
-            rules.train_editor.output.curve,
-            model=SETUP["models"],
-            dataset=SETUP["datasets"],
-            variant=trained_variants(),
-            seed=SETUP["seeds"],
-        ),
+        train_log=all_runs(rules.train_editor.output.curve, fitted_variants()),
     output:
         png=report(
             "results/report/figure5_training_curves.png",

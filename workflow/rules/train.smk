@@ -17,7 +17,7 @@ rule write_run_config:
 rule train_editor:
     input:
         model=lambda w: model_inputs(w.model),
-        train="results/data/{dataset}/train.parquet",
+        train=rules.prepare_data.output.train,
         cfg=rules.write_run_config.output[0],
     output:
         editor="results/editors/{model}/{dataset}/{variant}/seed{seed}/editor.pt",

@@ -1,0 +1,36 @@
+"""Build the editor a variant names: HiEdit's networks or a baseline editor (see hiedit.registry)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from hiedit.config import JobConfig
+from hiedit.errors import ConfigError
+
+
+def build_editor(
+    job: JobConfig,
+    model,
+    tokenizer,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    stats: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The job's editor, ready for :func:`hiedit.evaluation.stream.run_stream`.
+
+    HiEdit-family variants load their fitted networks from ``checkpoint`` (``None``: seeded
+    untrained networks); a baseline is built by the function its registry entry names, with its
+    hyperparameter section and, where it needs one, the fitted statistic in ``stats``.
+    """
+    spec = job.variant_spec
+    if spec.family == "hiedit":
+        from hiedit.editor import load_editor
+
+        return load_editor(job, model, tokenizer, checkpoint)
+    if spec.stats is not None and stats is None:
+        raise ConfigError(f"variant {spec.name!r} needs its fitted statistic ({spec.stats})")
+    module_name, function = spec.builder.split(":")
+    build = getattr(importlib.import_module(module_name), function)
+    return build(job, model, tokenizer, stats=stats)

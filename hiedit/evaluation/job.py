@@ -1,0 +1,200 @@
+"""One evaluation job end to end: load the model and editor, run the stream, write the results.
+
+This is what ``python -m hiedit evaluate`` runs (the command only parses its arguments). The
+result files and their columns are described in :mod:`hiedit.commands.evaluate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hiedit.config import JobConfig
+from hiedit.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from hiedit.evaluation.stream import StreamResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = "resume-state"
+# Without --save-every the stream state is saved by a time budget (see StreamSettings): at most
+# every this many seconds, and rarer when a save is slow.
+MIN_SAVE_INTERVAL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """What one evaluation job reads and where it writes."""
+
+    job: JobConfig
+    eval_data: Path
+    out_dir: Path
+    checkpoint: Path | None = None  # None: seeded untrained networks / a baseline's own state
+    stats: Path | None = None  # a baseline's fitted statistic
+    state_dir: Path | None = None  # default out_dir/resume-state
+    save_every: int = 0  # 0: by time budget only
+    keep_state: bool = False
+    device: str | None = None
+    progress: bool = True
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def read_eval_records(request: EvaluationRequest) -> list:
+    """The eval split, checked to be of the job's dataset format."""
+    from hiedit.data import read_split
+
+    records = read_split(request.eval_data)
+    expected = request.job.dataset.get("format")
+    formats = {rec.format for rec in records}
+    if expected is not None and formats - {expected}:
+        raise ConfigError(
+            f"{request.eval_data}: records of format {sorted(formats)}, but dataset "
+            f"{request.job.dataset_name!r} is {expected!r}"
+        )
+    return records
+
+
+def run_evaluation(request: EvaluationRequest) -> StreamResult:
+    """Run the job's stream (resuming from its state folder) and write its result files."""
+    import torch
+
+    from hiedit.editors import build_editor
+    from hiedit.evaluation.outputs import clear_results
+    from hiedit.evaluation.stream import StreamSettings, run_stream
+    from hiedit.models import load_model
+
+    started = time.perf_counter()
+    job = request.job
+    # A failed rerun must not leave the previous run's files looking like its own.
+    clear_results(request.out_dir)
+    records = read_eval_records(request)
+    device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    seed_everything(job.seed)
+    model, tokenizer = load_model(job.model, device=device)
+    editor = build_editor(job, model, tokenizer, checkpoint=request.checkpoint, stats=request.stats)
+    settings = StreamSettings.from_job_config(
+        job, save_every=request.save_every, save_interval=_initial_interval(request)
+    )
+    fingerprint = {
+        "job": job.to_dict(),
+        "eval_data": sha256_of(request.eval_data),
+        "checkpoint": sha256_of(request.checkpoint) if request.checkpoint else "none",
+        "stats": sha256_of(request.stats) if request.stats else "none",
+    }
+    result = run_stream(
+        editor,
+        model,
+        tokenizer,
+        records,
+        settings,
+        state_dir=request.state_dir or request.out_dir / DEFAULT_STATE_DIR,
+        fingerprint=fingerprint,
+        progress=request.progress,
+    )
+    write_results(request, result, device, fingerprint, time.perf_counter() - started)
+    if not request.keep_state:
+        result.remove_state()
+    log.info("wrote %s", request.out_dir)
+    return result
+
+
+def _initial_interval(request: EvaluationRequest) -> float:
+    # Count-based saves when asked for (tests, debugging); otherwise a time budget.
+    return 0.0 if request.save_every else MIN_SAVE_INTERVAL_SECONDS
+
+
+def long_table(job: JobConfig, result: StreamResult) -> pd.DataFrame:
+    """``metrics_long.csv``: the final metrics and the learning-curve points (``curve_*``)."""
+    import pandas as pd
+
+    from hiedit.evaluation.outputs import long_rows
+
+    identity = _identity(job)
+    rows = long_rows(identity, result.n_edits, result.metrics)
+    curve_metrics = [c for c in result.curve.columns if c not in ("n_edits", "n_scored")]
+    for point in result.curve.to_dict("records"):
+        values = {f"curve_{name}": point[name] for name in curve_metrics}
+        rows += long_rows(identity, point["n_edits"], values)
+    return pd.DataFrame(rows)
+
+
+def _identity(job: JobConfig) -> dict[str, Any]:
+    return {
+        "model": job.model_name,
+        "dataset": job.dataset_name,
+        "variant": job.variant,
+        "seed": job.seed,
+    }
+
+
+def write_results(
+    request: EvaluationRequest,
+    result: StreamResult,
+    device: str,
+    fingerprint: dict[str, str],
+    seconds: float,
+) -> None:
+    """The five result files, all or nothing (``metrics.json`` last)."""
+    from hiedit.evaluation.outputs import write_evaluation
+    from hiedit.evaluation.runinfo import collect_runinfo
+
+    job = request.job
+    identity = _identity(job)
+    seeds = {"seed": job.seed}
+    if "init_seed" in job.model:
+        seeds["model_init_seed"] = int(job.model["init_seed"])
+    runinfo = collect_runinfo(
+        seeds=seeds,
+        device=device,
+        extra={
+            **identity,
+            "n_edits": result.n_edits,
+            "editor": str(request.checkpoint) if request.checkpoint else "no checkpoint",
+            "checkpoint_sha256": fingerprint["checkpoint"],
+            "eval_data_sha256": fingerprint["eval_data"],
+            "stats_sha256": fingerprint["stats"],
+            "resumed_from": result.resumed_from,
+            "scoring_forwards": result.n_forwards,
+            "state_saves": result.state_saves,
+            "state_bytes_written": result.state_bytes,
+            "seconds": {**result.seconds, "command": seconds},
+        },
+    )
+    write_evaluation(
+        request.out_dir,
+        summary={
+            **identity,
+            "n_edits": result.n_edits,
+            "num_pre": result.num_pre,
+            **result.metrics,
+        },
+        long=long_table(job, result),
+        per_edit=result.per_edit,
+        curve=result.curve,
+        runinfo=runinfo,
+    )
