@@ -6,4 +6,5 @@ module_names, seed, stats)``, which returns an editor satisfying
 :class:`hiedit.evaluation.stream.SequentialEditor`.
 
 - ``ft_m``: FT-M, EasyEdit's fine-tuning on the answer tokens (``FTMConfig``).
+- ``ultraedit``: UltraEdit, lifelong-normalised closed-form edits per turn (``UltraEditConfig``).
 """
