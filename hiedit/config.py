@@ -172,7 +172,16 @@ class JobConfig:
                 raise ConfigError(f"job configuration: missing key '{key}'")
         for section in SECTIONS:
             _check_section(section, job[section], section)
-        registry.get(job["variant"])  # an unknown variant names itself
+        spec = registry.get(job["variant"])  # an unknown variant names itself
+        baselines = job.get("baselines") or {}
+        if spec.baseline is not None:
+            if spec.baseline not in baselines:
+                raise ConfigError(f"job configuration: missing key 'baselines.{spec.baseline}'")
+            _check_section(
+                _baseline_def(spec.baseline),
+                baselines[spec.baseline],
+                f"baselines.{spec.baseline}",
+            )
         return cls(
             setup=str(job.get("setup", "")),
             model_name=str(job["model_name"]),
@@ -219,6 +228,11 @@ class JobConfig:
 
 
 # --- the whole file ---------------------------------------------------------------------------
+
+
+def _baseline_def(name: str) -> str:
+    """The schema definition of a baseline's section: ``ft-m`` -> ``baseline_ft_m``."""
+    return "baseline_" + name.replace("-", "_")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -364,7 +378,14 @@ def _check_references(config: Mapping[str, Any], schema: Mapping[str, Any]) -> N
                     raise ConfigError(
                         f"config key 'setups.{setup_name}.k_sweep[{i}]': K = {k} exceeds the {n_modules} modules of {model_name}"
                     )
-        for section, values in setup.get("overrides", {}).items():
+        overrides = dict(setup.get("overrides", {}))
+        for name, values in overrides.pop("baselines", {}).items():
+            where = f"setups.{setup_name}.overrides.baselines.{name}"
+            if name not in config.get("baselines", {}):
+                raise ConfigError(f"config key '{where}': no baseline section {name!r}")
+            merged = {**config["baselines"][name], **values}
+            _check_section(_baseline_def(name), merged, where, schema)
+        for section, values in overrides.items():
             _check_section(
                 section,
                 {**config[section], **values},
@@ -441,12 +462,20 @@ def job_config(
         "training": copy.deepcopy(training),
         "evaluation": copy.deepcopy(resolved["evaluation"]),
         # Only this variant's own baseline section: another editor's change must not rerun it.
-        "baselines": {
-            name: copy.deepcopy(values)
-            for name, values in resolved.get("baselines", {}).items()
-            if name == variant
-        },
+        "baselines": baseline_section(variant, resolved.get("baselines", {})),
     }
+
+
+def baseline_section(variant: str, baselines: Mapping[str, Any]) -> dict[str, Any]:
+    """``{section: values}`` of a baseline variant (with its own overrides), else ``{}``."""
+    spec = registry.get(variant)
+    if spec.baseline is None:
+        return {}
+    if spec.baseline not in baselines:
+        raise ConfigError(
+            f"config key 'baselines.{spec.baseline}' is needed by variant {variant!r}"
+        )
+    return {spec.baseline: {**copy.deepcopy(baselines[spec.baseline]), **spec.baseline_overrides}}
 
 
 def read_job_config(value: str) -> JobConfig:

@@ -31,6 +31,16 @@ def build_editor(
         return load_editor(job, model, tokenizer, checkpoint)
     if spec.stats is not None and stats is None:
         raise ConfigError(f"variant {spec.name!r} needs its fitted statistic ({spec.stats})")
-    module_name, function = spec.builder.split(":")
-    build = getattr(importlib.import_module(module_name), function)
-    return build(job, model, tokenizer, stats=stats)
+    module = importlib.import_module(spec.builder)
+    settings = module.CONFIG.from_mapping(
+        job.baselines[spec.baseline], f"baselines.{spec.baseline}"
+    )
+    loaded = module.load_stats(stats) if stats is not None else None
+    return module.build(
+        settings,
+        model,
+        tokenizer,
+        module_names=job.module_names,
+        seed=job.seed,
+        stats=loaded,
+    )

@@ -46,6 +46,9 @@ class Variant:
     ``editor`` / ``training`` sections (written into its run configuration, so a run file says
     what ran). ``same_edits``: scale ``n_trajectories`` so that single-edit training sees as many
     edits as the trajectory training of the setup.
+    ``builder`` / ``baseline`` / ``baseline_overrides``: for a baseline, the module holding its
+    editor (a ``CONFIG`` dataclass and a ``build`` function), its hyperparameter section and
+    values this variant sets on top of it.
     ``stats``: a fitted statistic the editor needs at evaluation (its own workflow rule).
     """
 
@@ -62,7 +65,9 @@ class Variant:
     editor_overrides: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     training_overrides: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     same_edits: bool = False
-    builder: str | None = None  # "module:function" of a baseline's build function
+    builder: str | None = None  # module of a baseline editor (its CONFIG class and build())
+    baseline: str | None = None  # its section under `baselines:` in config.yaml
+    baseline_overrides: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     stats: str | None = None
     paper_row: str | None = None  # the row of the paper's Table 1 this variant reproduces
     ablation: bool = False  # a row of Table 2 (hiedit against its ablations)
@@ -190,6 +195,44 @@ VARIANTS: dict[str, Variant] = _entries(
         training_overrides=MappingProxyType({"trajectory_length": 1, "back_depth": 1}),
         same_edits=True,
         paper_row="MALMEN",
+    ),
+    Variant(
+        "ft-m",
+        "FT-M",
+        "fine-tuning of the candidate modules on the answer tokens, per edit (EasyEdit's FT-M)",
+        "#aec7e8",
+        family="baseline",
+        selection=None,
+        k="all",
+        fit=None,
+        builder="hiedit.baselines.ft_m",
+        baseline="ft-m",
+        paper_row="FT",
+    ),
+    Variant(
+        "ultraedit",
+        "UltraEdit",
+        "training-free: lifelong-normalised gradients, a ridge closed form per turn of edits",
+        "#ffbb78",
+        family="baseline",
+        selection=None,
+        k="all",
+        fit=None,
+        builder="hiedit.baselines.ultraedit",
+        baseline="ultraedit",
+    ),
+    Variant(
+        "ultraedit-1",
+        "UltraEdit (1/turn)",
+        "UltraEdit with one edit per turn, like every other editor here",
+        "#ff9896",
+        family="baseline",
+        selection=None,
+        k="all",
+        fit=None,
+        builder="hiedit.baselines.ultraedit",
+        baseline="ultraedit",
+        baseline_overrides=MappingProxyType({"edits_per_turn": 1}),
     ),
 )
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_editor_support import MODULES, tiny_job, tiny_model, toy_records
+from editor_helpers import MODULES, tiny_job, tiny_model, toy_records
 
 from hiedit.baselines.ft_m import FTMConfig, build
 from hiedit.data.tokenize import IGNORE_INDEX, encode_qa

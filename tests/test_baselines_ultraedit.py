@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_editor_support import MODULES, tiny_job, tiny_model, toy_records
+from editor_helpers import MODULES, tiny_job, tiny_model, toy_records
 
 import hiedit.baselines.ultraedit as ultraedit
 from hiedit.baselines.ultraedit import UltraEditConfig, build, ridge_factors

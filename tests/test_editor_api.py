@@ -171,10 +171,9 @@ def test_auto_precision_keeps_an_fp32_master_copy_of_bf16_weights_only():
     assert fp32.precision.state_dict()["buffers"] == {}
 
 
-def test_tiny_job_builds_an_editor():
-    job = tiny_job()
-    model, tok = tiny_model(job)
+def test_tiny_job_builds_an_editor(tiny_llama, records):
+    job, model, tok = tiny_llama
     editor = load_editor(job, model, tok, None)
     assert editor.module_names == MODULES
     assert editor.k == 2
-    assert len(toy_records(5)) == 5
+    assert len(records) == 8 and len({r.record_id for r in records}) == 8

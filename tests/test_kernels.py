@@ -7,26 +7,12 @@ import sys
 
 import pytest
 import torch
+from kernel_helpers import random_group
 
 import kernels
 from kernels.reference import lowrank_update_reference_
 
 LOW = (torch.bfloat16, torch.float16)
-
-
-def _group(shapes, ranks, dtypes, factor_dtypes=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    factor_dtypes = factor_dtypes or [torch.float32] * len(shapes)
-    weights = [torch.randn(*s, generator=g).to(dt) for s, dt in zip(shapes, dtypes, strict=True)]
-    a = [
-        torch.randn(n, s[1], generator=g).to(fd)
-        for n, s, fd in zip(ranks, shapes, factor_dtypes, strict=True)
-    ]
-    b = [
-        torch.randn(n, s[0], generator=g).to(fd)
-        for n, s, fd in zip(ranks, shapes, factor_dtypes, strict=True)
-    ]
-    return weights, a, b
 
 
 def _oracle(w, a, b, s):
@@ -36,7 +22,7 @@ def _oracle(w, a, b, s):
 def test_matches_fp64_oracle_and_skips_unselected():
     shapes = [(37, 29), (16, 70), (5, 3)]
     dtypes = [torch.float32, torch.bfloat16, torch.float16]
-    weights, a, b = _group(shapes, [3, 1, 7], dtypes)
+    weights, a, b = random_group(shapes, [3, 1, 7], dtypes)
     before = [w.clone() for w in weights]
     scales = [0.5, -2.0, 0.25]
     kernels.lowrank_update_(weights, a, b, scales, [True, False, True])
@@ -49,7 +35,7 @@ def test_matches_fp64_oracle_and_skips_unselected():
 
 
 def test_single_rounding_matches_fp32_then_cast():
-    weights, a, b = _group([(64, 48)], [9], [torch.bfloat16])
+    weights, a, b = random_group([(64, 48)], [9], [torch.bfloat16])
     want = (weights[0].float() + 0.3 * (b[0].t() @ a[0])).to(torch.bfloat16)
     kernels.lowrank_update_(weights, a, b, [0.3])
     assert torch.equal(weights[0], want)
@@ -57,7 +43,7 @@ def test_single_rounding_matches_fp32_then_cast():
 
 @pytest.mark.parametrize("mask", [None, [True, True], [False, False], torch.tensor([False, True])])
 def test_mask_forms(mask):
-    weights, a, b = _group([(8, 6), (4, 5)], [2, 2], [torch.float32, torch.float32])
+    weights, a, b = random_group([(8, 6), (4, 5)], [2, 2], [torch.float32, torch.float32])
     before = [w.clone() for w in weights]
     kernels.lowrank_update_(weights, a, b, torch.tensor([1.0, 1.0]), mask)
     chosen = [True, True] if mask is None else [bool(m) for m in mask]
@@ -66,7 +52,7 @@ def test_mask_forms(mask):
 
 
 def test_unselected_factors_may_be_none_and_rank_zero_is_noop():
-    weights, a, b = _group([(8, 6), (4, 5)], [2, 2], [torch.float32, torch.float32])
+    weights, a, b = random_group([(8, 6), (4, 5)], [2, 2], [torch.float32, torch.float32])
     before = [w.clone() for w in weights]
     kernels.lowrank_update_(weights, [a[0], None], [b[0], None], [1.0, 1.0], [True, False])
     assert not torch.equal(weights[0], before[0]) and torch.equal(weights[1], before[1])
@@ -76,7 +62,7 @@ def test_unselected_factors_may_be_none_and_rank_zero_is_noop():
 
 
 def test_non_contiguous_factors_are_handled():
-    weights, a, b = _group([(12, 10)], [4], [torch.float32])
+    weights, a, b = random_group([(12, 10)], [4], [torch.float32])
     expect = weights[0].clone()
     kernels.lowrank_update_([expect], a, b, [0.7])
     a_t = a[0].t().contiguous().t()  # same values, transposed strides
@@ -99,7 +85,7 @@ def test_non_contiguous_factors_are_handled():
     ],
 )
 def test_bad_inputs_are_refused_before_any_write(change, message):
-    weights, a, b = _group([(6, 5), (4, 8)], [2, 2], [torch.float32, torch.bfloat16])
+    weights, a, b = random_group([(6, 5), (4, 8)], [2, 2], [torch.float32, torch.bfloat16])
     ws, fa, fb = change(weights, a, b)
     before = [w.clone() for w in ws]
     with pytest.raises((ValueError, TypeError), match=message):
@@ -109,7 +95,7 @@ def test_bad_inputs_are_refused_before_any_write(change, message):
 
 
 def test_bad_lengths_and_backend():
-    weights, a, b = _group([(6, 5)], [2], [torch.float32])
+    weights, a, b = random_group([(6, 5)], [2], [torch.float32])
     with pytest.raises(ValueError, match="scales has 2 entries"):
         kernels.lowrank_update_(weights, a, b, [1.0, 2.0])
     with pytest.raises(ValueError, match="mask must have shape"):
@@ -132,7 +118,7 @@ def test_dispatch_and_env_override(monkeypatch):
 def test_forced_triton_on_cpu_without_interpreter_says_why(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    weights, a, b = _group([(6, 5)], [2], [torch.float32])
+    weights, a, b = random_group([(6, 5)], [2], [torch.float32])
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         kernels.lowrank_update_(weights, a, b, [1.0], backend="triton")
 
@@ -140,7 +126,7 @@ def test_forced_triton_on_cpu_without_interpreter_says_why(monkeypatch):
 def test_fp32_weights_use_nearest_in_every_mode():
     for mode in ("auto", "compensated", "master"):
         state = kernels.PrecisionState(mode)
-        weights, a, b = _group([(8, 8)], [2], [torch.float32])
+        weights, a, b = random_group([(8, 8)], [2], [torch.float32])
         expect = weights[0].clone()
         kernels.lowrank_update_([expect], a, b, [0.1])
         kernels.lowrank_update_(weights, a, b, [0.1], state=state)
@@ -232,7 +218,7 @@ def test_buffers_follow_weight_lifetime():
 
 
 def test_reference_is_deterministic():
-    weights, a, b = _group([(70, 50), (33, 17)], [5, 40], [torch.bfloat16, torch.float32])
+    weights, a, b = random_group([(70, 50), (33, 17)], [5, 40], [torch.bfloat16, torch.float32])
     copies = [[w.clone() for w in weights] for _ in range(2)]
     for ws in copies:
         lowrank_update_reference_(ws, a, b, [0.3, -0.7], state=kernels.PrecisionState("master"))

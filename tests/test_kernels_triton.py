@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from kernel_helpers import random_group
 
 pytest.importorskip("triton")
 
@@ -23,17 +24,6 @@ import kernels  # noqa: E402
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _group(shapes, ranks, dtypes, factor_dtypes=None, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    factor_dtypes = factor_dtypes or [torch.float32] * len(shapes)
-    weights, a, b = [], [], []
-    for (d_out, d_in), n, dt, fd in zip(shapes, ranks, dtypes, factor_dtypes, strict=True):
-        weights.append(torch.randn(d_out, d_in, generator=g).to(device=device, dtype=dt))
-        a.append(torch.randn(n, d_in, generator=g).to(device=device, dtype=fd))
-        b.append(torch.randn(n, d_out, generator=g).to(device=device, dtype=fd))
-    return weights, a, b
 
 
 def _rel_err(x: torch.Tensor, oracle: torch.Tensor) -> float:
@@ -85,7 +75,7 @@ def test_mixed_group_every_dtype(mode):
     shapes = [(37, 29), (130, 70), (5, 200), (64, 64), (129, 3)]
     dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.bfloat16, torch.float16]
     factors = [torch.float32, torch.float32, torch.float32, torch.bfloat16, torch.float16]
-    weights, a, b = _group(shapes, [3, 40, 1, 17, 33], dtypes, factors)
+    weights, a, b = random_group(shapes, [3, 40, 1, 17, 33], dtypes, factors)
     _check_against_reference(weights, a, b, [0.5, -0.1, 2.0, 0.3, 1.0], mode=mode)
 
 
@@ -94,7 +84,7 @@ def test_mixed_group_every_dtype(mode):
     "mask", [[True, True, True], [False, False, False], [True, False, True], [False, True, False]]
 )
 def test_masks(mask):
-    weights, a, b = _group([(20, 30), (31, 9), (7, 140)], [2, 5, 1], list(DTYPES))
+    weights, a, b = random_group([(20, 30), (31, 9), (7, 140)], [2, 5, 1], list(DTYPES))
     _check_against_reference(weights, a, b, [1.0, -0.5, 0.25], torch.tensor(mask))
 
 
@@ -102,13 +92,13 @@ def test_masks(mask):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_each_dtype_multi_tile(dtype):
     # Several 128 x 128 tiles in both directions, with ragged edges.
-    weights, a, b = _group([(200, 150)], [65], [dtype])
+    weights, a, b = random_group([(200, 150)], [65], [dtype])
     _check_against_reference(weights, a, b, [0.05])
 
 
 @needs_interpreter
 def test_non_contiguous_factors_and_refused_weight():
-    weights, a, b = _group([(40, 24)], [4], [torch.bfloat16])
+    weights, a, b = random_group([(40, 24)], [4], [torch.bfloat16])
     a_t, b_t = a[0].t().contiguous().t(), b[0].t().contiguous().t()
     _check_against_reference(weights, [a_t], [b_t], [0.5])
     with pytest.raises(ValueError, match=r"weights\[0\] is not contiguous"):
@@ -117,13 +107,13 @@ def test_non_contiguous_factors_and_refused_weight():
 
 @needs_interpreter
 def test_mixed_factor_dtypes_within_a_layer():
-    weights, a, b = _group([(20, 30)], [3], [torch.bfloat16], [torch.bfloat16])
+    weights, a, b = random_group([(20, 30)], [3], [torch.bfloat16], [torch.bfloat16])
     _check_against_reference(weights, a, [b[0].float()], [1.5])
 
 
 @needs_interpreter
 def test_kernel_is_deterministic():
-    weights, a, b = _group([(130, 70), (37, 29)], [40, 3], [torch.bfloat16, torch.float32])
+    weights, a, b = random_group([(130, 70), (37, 29)], [40, 3], [torch.bfloat16, torch.float32])
     runs = []
     for _ in range(2):
         ws = [w.clone() for w in weights]
@@ -138,7 +128,7 @@ def test_kernel_is_deterministic():
 @needs_interpreter
 def test_kernel_and_reference_states_are_interchangeable():
     # Buffers written by the kernel continue correctly in the reference and vice versa.
-    weights, a, b = _group([(50, 40)], [2], [torch.bfloat16])
+    weights, a, b = random_group([(50, 40)], [2], [torch.bfloat16])
     a = [a[0] * 1e-3]
     w1, w2 = weights[0].clone(), weights[0].clone()
     s1, s2 = kernels.PrecisionState("compensated"), kernels.PrecisionState("compensated")
@@ -208,7 +198,7 @@ def test_cuda_matches_reference(mode):
     shapes = [(1000, 300), (333, 4096), (17, 5), (4096, 128)]
     dtypes = [torch.bfloat16, torch.float16, torch.float32, torch.bfloat16]
     factors = [torch.bfloat16, torch.float32, torch.float32, torch.float32]
-    weights, a, b = _group(shapes, [1, 64, 3, 300], dtypes, factors, device="cuda")
+    weights, a, b = random_group(shapes, [1, 64, 3, 300], dtypes, factors, device="cuda")
     _check_against_reference(weights, a, b, [0.5, -1.0, 2.0, 0.01], [True, True, False, True], mode)
 
 
@@ -216,7 +206,7 @@ def test_cuda_matches_reference(mode):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_dispatch_is_triton_and_deterministic():
     assert kernels.resolve_backend(torch.device("cuda")) == "triton"
-    weights, a, b = _group(
+    weights, a, b = random_group(
         [(2048, 1024), (1024, 2048)], [16, 16], [torch.bfloat16] * 2, device="cuda"
     )
     runs = []

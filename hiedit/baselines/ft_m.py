@@ -291,3 +291,7 @@ def build(
     if stats is not None:
         raise ConfigError(f"baselines.{NAME}: uses no fitted statistics, but some were given")
     return FTMEditor(settings, model, tokenizer, module_names=module_names, seed=seed)
+
+
+# What hiedit.editors.build_editor reads: the hyperparameter section's type.
+CONFIG = FTMConfig

@@ -58,7 +58,8 @@ from hiedit.atomic import atomic_path
 from hiedit.data.tokenize import encode_qa
 from hiedit.editor.api import EditStep, check_identity, group_key
 from hiedit.editor.capture import TOKEN_MODES, capture_gradients
-from hiedit.editor.commit import commit_update, precision_state
+import kernels
+from hiedit.editor.commit import commit_update
 from hiedit.editor.lowlevel import Factors
 from hiedit.editor.normalizer import RunningNormalizer
 from hiedit.errors import CheckpointMismatchError, ConfigError
@@ -208,9 +209,7 @@ class UltraEditEditor:
             if key not in self.normalizers:
                 dim = module.in_features + module.out_features
                 self.normalizers[key] = RunningNormalizer(dim, eps=NORMALIZER_EPS).to(self.device)
-        self.precision = precision_state(
-            settings.commit_precision, [m.weight for m in self.modules]
-        )
+        self.precision = kernels.PrecisionState(settings.commit_precision)
         self.n_turns = 0
         self.n_records = 0
         self._short_turn = False
@@ -342,3 +341,7 @@ def build(
     if stats is not None:
         raise ConfigError(f"baselines.{NAME}: uses no fitted statistics, but some were given")
     return UltraEditEditor(settings, model, tokenizer, module_names=module_names, seed=seed)
+
+
+# What hiedit.editors.build_editor reads: the hyperparameter section's type.
+CONFIG = UltraEditConfig

@@ -1,6 +1,6 @@
 """Teacher-forced tokenisation of (prompt, answer) pairs, shared by training and every metric.
 
-The rule (method §1.2), written once:
+The rule (docs/method.md §1.2), written once:
 
 * the answer is prefixed with one space (``" " + answer``) unless it already starts with
   whitespace, in which case it is used as is (a second space would become its own token);

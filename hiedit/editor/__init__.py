@@ -10,7 +10,7 @@ Public API::
 
 Training is :func:`hiedit.editor.trainer.train_editor` (CLI: ``python -m hiedit train``).
 
-Where this implementation deliberately differs from the public research code (method §9):
+Where this implementation deliberately differs from the public research code (docs/method.md §9):
 
 - Every network is trained by many optimiser steps (every ``update_every`` trajectory steps and at
   each trajectory's end, over several trajectories), not one step per run.

@@ -1,4 +1,4 @@
-"""The one place an edit is committed to the model's weights (method §6).
+"""The one place an edit is committed to the model's weights (docs/method.md §6).
 
 ``W_l ← W_l + scale_l · B_lᵀ A_l`` for the selected modules only, in place, through
 ``kernels.lowrank_update_`` (one grouped launch on GPU, the blocked PyTorch reference on CPU),

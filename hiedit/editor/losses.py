@@ -1,4 +1,4 @@
-"""The low-level loss L_low (method §5) evaluated through the side path, and its pieces.
+"""The low-level loss L_low (docs/method.md §5) evaluated through the side path, and its pieces.
 
 ``L_low(ω) = η_reg Σ_l ‖ω_l Δ_l‖²_F + Σ_j μ^j [CE(W_t + ωΔ; equiv_{t−j})
 + λ_loc · KL(p_{W_t} ‖ p_{W_t+ωΔ}; unrel_{t−j})]`` over the last ``back_depth`` edits of the

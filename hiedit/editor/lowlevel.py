@@ -1,4 +1,4 @@
-"""Low-level editor network (method §3): maps captured rows to a low-rank update per module.
+"""Low-level editor network (docs/method.md §3): maps captured rows to a low-rank update per module.
 
 One network per shape group ``(d_in, d_out)``, shared by the group's modules. Rows
 ``x̂ = norm([u ; δ])`` pass through residual low-rank blocks with per-module scale and shift;

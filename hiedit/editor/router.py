@@ -1,4 +1,4 @@
-"""High-level router (method §4): scores every candidate module from its captured gradient rows.
+"""High-level router (docs/method.md §4): scores every candidate module from its captured gradient rows.
 
 A gradient encoder per shape group (its own running normaliser, a linear map D → H, ReLU) with
 a per-module scale and offset (the paper's SPE_l) gives h_{m,t}; the mean over rows of each module

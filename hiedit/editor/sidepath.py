@@ -1,4 +1,4 @@
-"""Temporary edits through a low-rank side path (method §5), without touching the weights.
+"""Temporary edits through a low-rank side path (docs/method.md §5), without touching the weights.
 
 Inside :func:`side_path`, each module ``l`` with factors computes
 ``y = x Wᵀ + m_l · scale_l · (x Aᵀ) B`` instead of ``x (W + m_l Δ_l)ᵀ``. Autograd then gives

@@ -1,4 +1,4 @@
-"""Trajectory training of the low-level network and the router (method §5), with checkpoints.
+"""Trajectory training of the low-level network and the router (docs/method.md §5), with checkpoints.
 
 Each trajectory starts from the base weights and edits a fresh slice of the train split one step
 at a time. At step t: capture at W_t, route (Gumbel-top-K sample ω with its Plackett–Luce

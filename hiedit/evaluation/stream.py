@@ -1,11 +1,14 @@
 """The sequential evaluation protocol: edit a stream of records one by one, then score it once.
 
-Order of work (method §8):
+Order of work (docs/method.md §8):
 
 1. Score the *unedited* model on all ``T`` records (its metrics, and its ``unrel`` predictions
    that ``specificity_agreement`` compares against).
 2. For each record in order: ``editor.edit_records([record])`` captures, routes, computes and
-   commits the edit in place. Nothing is ever rolled back.
+   commits the edit in place. Nothing is ever rolled back. An editor whose ``edits_per_step``
+   is N > 1 (UltraEdit's turns) gets N consecutive records per call; ``per_edit`` still has one
+   row per record (with the call's ``turn`` index, and the call's times shared out evenly), and
+   curve points and saves fall on the first call boundary at or after their edit count.
 3. At ``n_curve_points`` checkpoints ``t`` (evenly spaced, the last one at ``T``) score a fixed
    seeded sample of ``min(curve_sample, t)`` of the edits made so far; the sample at ``T`` is
    read from step 4 instead of being scored again.
@@ -62,6 +65,8 @@ class SequentialEditor(Protocol):
     """What the stream needs from an editor (``hiedit.editor.HiEditor`` provides it)."""
 
     module_names: Sequence[str]
+    # Records per edit_records call (optional attribute, default 1).
+    edits_per_step: int
 
     def edit_records(self, records: Sequence[EditRecord]) -> Any:
         """Edit and commit in place; return an object with ``selected`` and ``seconds``."""
@@ -312,6 +317,7 @@ class _Stream:
         if not self.stream:
             raise ValueError("no records to edit")
         self.editor, self.settings, self.progress = editor, settings, progress
+        self.per_call = max(1, int(getattr(editor, "edits_per_step", 1)))
         self.total = len(self.stream)
         self.checkpoints = curve_checkpoints(self.total, settings.n_curve_points)
         self.columns = metric_columns(self.stream[0].format)
@@ -326,6 +332,7 @@ class _Stream:
     def attach_state(self, state_dir, fingerprint: Mapping[str, Any]) -> None:
         full_fingerprint = {
             "settings": self.settings.fingerprint(),
+            "edits_per_call": self.per_call,
             "records": [rec.record_id for rec in self.stream],
             "inputs": dict(fingerprint),
         }
@@ -370,11 +377,13 @@ class _Stream:
             self.folder.save(self.editor, self.snapshot())
             self.last_save = time.perf_counter()
 
-    def save_due(self) -> bool:
+    def save_due(self, before: int) -> bool:
+        """Whether to save after a call that took the stream from ``before`` to ``done`` edits."""
         settings = self.settings
         if self.done == self.total:  # a crash in the final scoring then redoes no edit
             return True
-        if settings.save_every > 0 and self.done % settings.save_every == 0:
+        every = settings.save_every
+        if every > 0 and self.done // every > before // every:
             return True
         if settings.save_interval <= 0 or self.folder is None:
             return False
@@ -382,28 +391,34 @@ class _Stream:
         budget = self.folder.last_seconds / settings.save_time_fraction
         return waited >= max(settings.save_interval, budget)
 
-    def edit_one(self, index: int) -> None:
-        record = self.stream[index]
+    def edit_call(self, start: int) -> None:
+        """One ``edit_records`` call on the records from ``start`` (``per_call`` of them)."""
+        records = self.stream[start : start + self.per_call]
         tick = time.perf_counter()
-        step = self.editor.edit_records([record])
-        wall = time.perf_counter() - tick
-        self.edit_log.append(
-            {
-                "index": index,
-                "record_id": record.record_id,
-                "relation": record.relation,
-                "selected": ";".join(step.selected),
-                "n_selected": len(step.selected),
-                "seconds": float(step.seconds),
-                "wall_seconds": wall,
-                # Editors that time their phases (HiEditor does) get one column per phase.
-                **{
-                    phase_column(name): float(value)
-                    for name, value in getattr(step, "phases", {}).items()
-                },
-            }
-        )
-        self.done = index + 1
+        step = self.editor.edit_records(records)
+        share = 1.0 / len(records)  # one row per record: the call's times shared out
+        wall = (time.perf_counter() - tick) * share
+        phases = {
+            phase_column(name): float(value) * share
+            for name, value in getattr(step, "phases", {}).items()
+        }
+        turn = start // self.per_call
+        for offset, record in enumerate(records):
+            self.edit_log.append(
+                {
+                    "index": start + offset,
+                    "record_id": record.record_id,
+                    "relation": record.relation,
+                    "turn": turn,
+                    "selected": ";".join(step.selected),
+                    "n_selected": len(step.selected),
+                    "seconds": float(step.seconds) * share,
+                    "wall_seconds": wall,
+                    # Editors that time their phases (HiEditor does) get one column per phase.
+                    **phases,
+                }
+            )
+        self.done = start + len(records)
 
     def curve_point(self) -> None:
         """Score a fixed sample of the edits made so far (the point at T comes from the end)."""
@@ -432,12 +447,14 @@ class _Stream:
             disable=not self.progress,
         )
         try:
-            for index in range(self.done, self.total):
-                self.edit_one(index)
-                bar.update(1)
-                if self.done in self.checkpoints and self.done < self.total:
+            while self.done < self.total:
+                before = self.done
+                self.edit_call(before)
+                bar.update(self.done - before)
+                reached = [c for c in self.checkpoints if before < c <= self.done]
+                if reached and self.done < self.total:
                     self.curve_point()
-                if self.save_due():
+                if self.save_due(before):
                     self.save()
         finally:
             bar.close()

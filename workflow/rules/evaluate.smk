@@ -1,4 +1,4 @@
-# Sequential evaluation (method.md §8) and the tidy table that gathers every run.
+# Sequential evaluation (docs/method.md §8) and the tidy table that gathers every run.
 
 
 rule evaluate:

@@ -1,4 +1,4 @@
-# Editor training: both networks over edit trajectories (method.md §5), per model × dataset × variant × seed.
+# Editor training: both networks over edit trajectories (docs/method.md §5), per model × dataset × variant × seed.
 
 
 rule write_run_config:
