@@ -11,7 +11,12 @@ from hiedit.errors import DataError
 
 
 def _max_chars(text: str) -> int | None:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of characters, got {text!r}"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 (no limit) or positive, got {value}")
     return value or None
