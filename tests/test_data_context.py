@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 import pytest
-from test_editor_support import tiny_job, toy_records
+from editor_helpers import tiny_job, toy_records
 
 from hiedit.cli import main
 from hiedit.data import QA, check_fits_model, check_token_lengths, write_split

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from editor_helpers import tiny_job
 
 from hiedit.cli import main
 from hiedit.data import load_records, read_split, write_split
@@ -134,22 +135,7 @@ def test_an_empty_train_split_is_an_error_naming_the_file(tmp_path, capsys):
 def test_train_evaluate_and_check_refuse_an_empty_split_naming_it(tmp_path, capsys):
     empty = write_split([], tmp_path / "zsre" / "eval.parquet")
     job = tmp_path / "job.json"
-    job.write_text(
-        json.dumps(
-            {
-                "model_name": "tiny-llama",
-                "model": {"source": "random"},
-                "dataset_name": "zsre",
-                "variant": "hiedit",
-                "seed": 0,
-                "editor": {},
-                "training": {},
-                "evaluation": dict.fromkeys(
-                    ("n_edits", "num_pre", "n_curve_points", "curve_sample", "batch_size"), 2
-                ),
-            }
-        )
-    )
+    job.write_text(json.dumps(tiny_job()))
     out = tmp_path / "editor" / "editor.pt"
     argv = ["train", "--run-config", str(job), "--train-data", str(empty), "--out", str(out)]
     assert main(argv) == 2

@@ -140,7 +140,6 @@ def prepare_splits(
             "train": parse_file(train_input, format, seed, max_chars=max_chars),
             "eval": parse_file(eval_input, format, seed, max_chars=max_chars),
         }
-        # Both files are checked before either policy raises, so the log shows both.
         train = apply_policy(inputs["train"], on_malformed)
         eval_ = apply_policy(inputs["eval"], on_malformed)
         if n_eval is not None:
