@@ -29,7 +29,7 @@ def test_check_valid_file(capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "3 records" in out
+    assert "3 records read, 3 valid, 0 malformed" in out
     assert "edit: 3 tuples (3 with an old answer)" in out
     assert "unrel: 3 tuples" in out
 
@@ -45,7 +45,8 @@ def test_check_malformed_file_exits_nonzero_with_location(tmp_path):
         text=True,
     )
     assert proc.returncode == 2
-    assert "error: zsre_bad.json: record 2: field 'loc_ans' is missing" in proc.stderr
+    assert "malformed: zsre_bad.json: record 2: field 'loc_ans' is missing [missing]" in proc.stdout
+    assert "error: " in proc.stderr and "zsre_bad.json: 1 of 3 records are malformed" in proc.stderr
 
 
 def test_check_needs_format_for_json(capsys):

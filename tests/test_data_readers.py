@@ -195,7 +195,7 @@ def test_wrong_format_for_file(tmp_path):
 def test_drop_malformed_is_explicit_and_logged(tmp_path, caplog):
     path = _rewrite(tmp_path, ZSRE, "zsre_drop.json", lambda r: r[1].pop("alt"))
     with caplog.at_level(logging.WARNING):
-        records = load_records(path, "zsre", seed=0, drop_malformed=True)
+        records = load_records(path, "zsre", seed=0, on_malformed="drop")
     assert [r.record_id for r in records] == ["zsre_drop:0", "zsre_drop:2"]
     assert "zsre_drop.json: record 1: field 'alt' is missing" in caplog.text
-    assert "dropped 1 of 3 records" in caplog.text
+    assert "dropped 1 of 3 records as malformed (missing 1)" in caplog.text

@@ -39,8 +39,11 @@ def test_round_trip(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["eval.parquet"]  # no temp file left
 
 
-def test_empty_split_round_trips(tmp_path):
-    assert read_split(write_split([], tmp_path / "empty.parquet")) == []
+def test_empty_split_is_an_error_naming_the_file(tmp_path):
+    path = write_split([], tmp_path / "zsre" / "eval.parquet")
+    with pytest.raises(DataError, match=r"zsre/eval\.parquet: the split holds no records"):
+        read_split(path)
+    assert read_split(path, allow_empty=True) == []
 
 
 def test_failed_write_leaves_existing_file(tmp_path):

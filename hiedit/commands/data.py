@@ -5,8 +5,21 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from hiedit.data.raw import DEFAULT_MAX_CHARS, ON_MALFORMED
 from hiedit.data.records import FORMATS
 from hiedit.errors import DataError
+
+
+def _max_chars(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of characters, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or positive, got {value}")
+    return value or None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = sub.add_parser(
         "check",
         help="validate a raw dataset file (or a prepared .parquet split) and count its tuples",
-        description="Read FILE with the real reader; print records and (prompt, answer) tuples per "
-        "role. Exits 2 with a message naming file, record index and field on the first malformed "
-        "record.",
+        description="Read FILE with the real reader; print every malformed record (index, field, "
+        "reason), the count per reason, the valid records and their (prompt, answer) tuples per "
+        "role. Exits 2 if any record is malformed, the file holds no records or cannot be read.",
     )
     check.add_argument(
         "file", metavar="FILE", help="raw JSON (list of records) or a .parquet split"
@@ -30,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--format", choices=FORMATS, help="record format (required for JSON files)")
     check.add_argument(
         "--seed", type=int, default=0, help="seed for CounterFact prompt picks (default 0)"
+    )
+    check.add_argument(
+        "--max-chars",
+        type=_max_chars,
+        default=DEFAULT_MAX_CHARS,
+        help=f"longest prompt or answer accepted, in characters (default {DEFAULT_MAX_CHARS}; "
+        "0 = no limit); longer ones are malformed (reason too_long)",
     )
     check.set_defaults(func=run_check)
 
@@ -82,7 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(the files' own split; train records whose subject appears in eval are removed), or "
         "--input ALL --split-by-subject (one file, e.g. CounterFact, split by subject with the "
         "seed; --n-eval records go to eval). --n-train/--n-eval keep at most that many records, "
-        "in file order (a shortfall is reported, not an error).",
+        "in file order (a shortfall is reported, not an error). Malformed records stop the "
+        "preparation (--on-malformed fail) or are dropped, each logged, with the counts per "
+        "reason in --stats (--on-malformed drop). An empty file, or a split left empty, is an "
+        "error. Nothing is written unless every output is complete.",
     )
     prep.add_argument(
         "--format", choices=FORMATS, required=True, help="record format of the inputs"
@@ -110,11 +133,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--out-train", required=True, help="train split, .parquet")
     prep.add_argument("--out-eval", required=True, help="eval split, .parquet")
     prep.add_argument(
-        "--drop-malformed",
-        action="store_true",
-        help="drop malformed records with a warning each instead of failing",
+        "--on-malformed",
+        choices=ON_MALFORMED,
+        default="fail",
+        help="fail: stop at a malformed record, naming file, record and field (default); "
+        "drop: leave malformed records out, each logged, counted per reason in --stats",
     )
+    prep.add_argument(
+        "--max-chars",
+        type=_max_chars,
+        default=DEFAULT_MAX_CHARS,
+        help=f"longest prompt or answer accepted, in characters (default {DEFAULT_MAX_CHARS}; "
+        "0 = no limit); longer ones are malformed (reason too_long)",
+    )
+    prep.add_argument(
+        "--stats",
+        help="write the counts (records read, kept, dropped per reason, removed for sharing a "
+        "subject with eval, written per split) to this JSON file",
+    )
+    prep.add_argument("--dataset", help="dataset name recorded in --stats (default: none)")
     prep.set_defaults(func=run_prepare)
+
+    table = sub.add_parser(
+        "stats-table",
+        help="one table (CSV and HTML) of the preparation stats of several datasets",
+        description="Read stats.json files written by `data prepare --stats` and write one row "
+        "per dataset: records read, kept, dropped per reason, removed for sharing a subject "
+        "with eval, and the records of each split. The dataset is the name recorded in the "
+        "file, else its folder's name.",
+    )
+    table.add_argument("stats", nargs="+", metavar="STATS", help="stats.json files")
+    table.add_argument("--csv", required=True, help="output CSV (one column per reason)")
+    table.add_argument("--html", help="output HTML page (reasons that never occur left out)")
+    table.set_defaults(func=run_stats_table)
 
 
 def _role_counts(records) -> dict[str, int]:
@@ -125,23 +176,49 @@ def _role_counts(records) -> dict[str, int]:
     return counts
 
 
+def _print_counts(label: str, records, indent: str = "") -> None:
+    counts = _role_counts(records)
+    print(f"{indent}{label}: {counts['records']} records")
+    inner = indent + "  "
+    for role in ("edit", "equiv", "unrel"):
+        with_old = counts[f"{role}_with_old"]
+        print(f"{inner}{role}: {counts[role]} tuples ({with_old} with an old answer)")
+    relations = Counter(r.relation for r in records)
+    print(f"{inner}relations: " + ", ".join(f"{rel} {n}" for rel, n in sorted(relations.items())))
+
+
 def run_check(args: argparse.Namespace) -> int:
-    from hiedit.data import load_records, read_split
+    from hiedit.data import read_split
+    from hiedit.data.loading import parse_file
 
     if args.file.endswith(".parquet"):
         records = read_split(args.file)
         if args.format and any(r.format != args.format for r in records):
             raise DataError(f"{args.file}: holds records not in format {args.format!r}")
-    else:
-        if args.format is None:
-            raise DataError("--format is required for a raw JSON file")
-        records = load_records(args.file, args.format, args.seed)
-    counts = _role_counts(records)
-    print(f"{args.file}: {counts['records']} records")
-    for role in ("edit", "equiv", "unrel"):
-        print(f"  {role}: {counts[role]} tuples ({counts[f'{role}_with_old']} with an old answer)")
-    relations = Counter(r.relation for r in records)
-    print("  relations: " + ", ".join(f"{rel} {n}" for rel, n in sorted(relations.items())))
+        _print_counts(args.file, records)
+        return 0
+    if args.format is None:
+        raise DataError("--format is required for a raw JSON file")
+    parsed = parse_file(args.file, args.format, args.seed, max_chars=args.max_chars)
+    if parsed.read == 0:
+        raise DataError(f"{args.file}: holds no records (an empty list)")
+    for err in parsed.malformed:
+        print(f"malformed: {err} [{err.reason}]")
+    bad = len(parsed.malformed)
+    print(f"{args.file}: {parsed.read} records read, {len(parsed.records)} valid, {bad} malformed")
+    if bad:
+        print("  malformed per reason: " + parsed.summary())
+        fields = "; ".join(
+            f"{name} " + ", ".join(f"{r} {n}" for r, n in by_reason.items())
+            for name, by_reason in parsed.per_field().items()
+        )
+        print(f"  malformed per field: {fields}")
+    if parsed.records:
+        _print_counts("valid", parsed.records, indent="  ")
+    if bad:
+        raise DataError(
+            f"{args.file}: {bad} of {parsed.read} records are malformed ({parsed.summary()})"
+        )
     return 0
 
 
@@ -207,10 +284,19 @@ def run_prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         n_train=args.n_train,
         n_eval=args.n_eval,
-        drop_malformed=args.drop_malformed,
+        on_malformed=args.on_malformed,
+        max_chars=args.max_chars,
         **inputs,
     )
-    write_prepared(prepared, args.out_train, args.out_eval)
+    if args.dataset:
+        prepared.settings["dataset"] = args.dataset
+    write_prepared(prepared, args.out_train, args.out_eval, args.stats)
+    for parsed in prepared.inputs.values():
+        if parsed.malformed:
+            print(
+                f"{parsed.file}: dropped {len(parsed.malformed)} of {parsed.read} records as "
+                f"malformed ({parsed.summary()})"
+            )
     for name, records, out, wanted in (
         ("train", prepared.train, args.out_train, args.n_train),
         ("eval", prepared.eval, args.out_eval, args.n_eval),
@@ -221,4 +307,29 @@ def run_prepare(args: argparse.Namespace) -> int:
         print(
             f"removed {prepared.dropped_shared_subject} train records sharing a subject with eval"
         )
+    if args.stats:
+        print(f"stats -> {args.stats}")
+    return 0
+
+
+def run_stats_table(args: argparse.Namespace) -> int:
+    from hiedit.atomic import atomic_path
+    from hiedit.data.prepare import stats_table
+    from hiedit.reporting.tables import table_html
+
+    table = stats_table(args.stats)
+    with atomic_path(args.csv) as tmp:
+        table.to_csv(tmp, index=False)
+    if args.html:
+        dropped = [c for c in table.columns if c.startswith("dropped_")]
+        shown = table.drop(columns=[c for c in dropped if not table[c].any()])
+        note = (
+            "Records read from the raw files, those kept, and the malformed ones dropped per "
+            "reason (reasons that never occur are left out here; the CSV has them all), then "
+            "train records removed for sharing a subject with the eval split and the records "
+            "of each prepared split."
+        )
+        with atomic_path(args.html) as tmp:
+            tmp.write_text(table_html(shown, "Data preparation", note), encoding="utf-8")
+    print(f"{len(table)} datasets -> {args.csv}" + (f", {args.html}" if args.html else ""))
     return 0

@@ -54,7 +54,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from hiedit.atomic import write_json
     from hiedit.config import read_job_config
-    from hiedit.data import read_split
+    from hiedit.data import check_fits_model, read_split
     from hiedit.editor import load_editor
     from hiedit.editor.trainer import train_editor
     from hiedit.evaluation.runinfo import collect_runinfo
@@ -69,6 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
     records = read_split(args.train_data)
     started = time.perf_counter()
     model, tokenizer = load_model(job.model, device=device)
+    check_fits_model(tokenizer, records, model, args.train_data)
     editor = load_editor(job, model, tokenizer, None)
     result = train_editor(
         editor,

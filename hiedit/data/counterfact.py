@@ -10,7 +10,17 @@ import os
 import random
 from pathlib import Path
 
-from hiedit.data.raw import RecordFields, load_json_list, parse_records
+from hiedit.data.raw import (
+    DEFAULT_MAX_CHARS,
+    DUPLICATE_ID,
+    INVALID,
+    WRONG_TYPE,
+    Parsed,
+    RecordFields,
+    apply_policy,
+    load_json_list,
+    parse_records,
+)
 from hiedit.data.records import QA, EditRecord
 from hiedit.errors import DataError
 
@@ -20,41 +30,63 @@ UNKNOWN_RELATION = "unknown"
 
 
 def detect_flavour(file: str, raw: list) -> str:
-    """``"rome"`` or ``"easyedit"``, from the keys of the file's first record."""
+    """``"rome"`` or ``"easyedit"``, from the keys of the file's first record that has either
+    flavour's keys (a broken record at the top does not decide for the whole file)."""
     if not raw:
         return ROME
-    first = raw[0]
-    if isinstance(first, dict):
-        if "requested_rewrite" in first:
-            return ROME
-        if "prompt" in first and "target_new" in first:
-            return EASYEDIT
+    for record in raw:
+        if isinstance(record, dict):
+            if "requested_rewrite" in record:
+                return ROME
+            if "prompt" in record and "target_new" in record:
+                return EASYEDIT
     raise DataError(
         f"{file}: record 0: not a CounterFact record (neither a 'requested_rewrite' object "
-        "(ROME format) nor 'prompt' and 'target_new' fields (EasyEdit format))"
+        "(ROME format) nor 'prompt' and 'target_new' fields (EasyEdit format)), nor is any later one"
     )
 
 
-def _record_id(fields: RecordFields, stem: str, required: bool) -> str:
-    if not required and not fields.has("case_id"):
+def _easyedit_record_id(fields: RecordFields, stem: str) -> str:
+    if not fields.has("case_id"):
         return f"{stem}:{fields.index}"
     case_id = fields.value("case_id")
     if isinstance(case_id, bool) or not isinstance(case_id, int | str):
         raise fields.error(
-            "case_id", f"is a {type(case_id).__name__}, expected an integer or string"
+            "case_id", f"is a {type(case_id).__name__}, expected an integer or string", WRONG_TYPE
         )
     return f"{stem}:{case_id}"
 
 
-def parse_rome_record(fields: RecordFields, stem: str, rng: random.Random) -> EditRecord:
+def _rome_record_id(fields: RecordFields, stem: str, seen: dict[int, int]) -> str:
+    """``<stem>:<case_id>``; ROME's case ids are integers and unique within a file (``seen``
+    maps each id read so far to its record index)."""
+    case_id = fields.value("case_id")
+    if isinstance(case_id, bool) or not isinstance(case_id, int):
+        raise fields.error(
+            "case_id", f"is a {type(case_id).__name__}, expected an integer", WRONG_TYPE
+        )
+    if case_id in seen:
+        raise fields.error(
+            "case_id",
+            f"is {case_id}, the same as record {seen[case_id]}'s (case ids must be unique)",
+            DUPLICATE_ID,
+        )
+    seen[case_id] = fields.index
+    return f"{stem}:{case_id}"
+
+
+def parse_rome_record(
+    fields: RecordFields, stem: str, rng: random.Random, seen: dict[int, int] | None = None
+) -> EditRecord:
     """ROME-format record → edit (filled rewrite prompt), equiv (a paraphrase), unrel (a neighbour).
 
-    One paraphrase and one neighbourhood prompt are drawn from ``rng``, in that order.
+    One paraphrase and one neighbourhood prompt are drawn from ``rng``, in that order. ``seen``
+    (case id -> record index, updated) catches a case id repeated within a file.
     """
-    record_id = _record_id(fields, stem, required=True)
+    record_id = _rome_record_id(fields, stem, {} if seen is None else seen)
     template = fields.text("requested_rewrite.prompt")
     if "{}" not in template:
-        raise fields.error("requested_rewrite.prompt", "has no '{}' slot for the subject")
+        raise fields.error("requested_rewrite.prompt", "has no '{}' slot for the subject", INVALID)
     subject = fields.text("requested_rewrite.subject")
     relation = fields.text("requested_rewrite.relation_id")
     new = fields.text("requested_rewrite.target_new.str")
@@ -84,7 +116,7 @@ def parse_easyedit_record(fields: RecordFields, stem: str, rng: random.Random) -
     ``rng``, rephrase first); ``locality_ground_truth`` is a string or a list aligned with the
     locality prompts; ``ground_truth`` may be wrapped in a list (its first item is used).
     """
-    record_id = _record_id(fields, stem, required=False)
+    record_id = _easyedit_record_id(fields, stem)
     new = _single_text(fields, "target_new")
     true = _single_text(fields, "ground_truth")
     relation = fields.text("relation_id") if fields.has("relation_id") else UNKNOWN_RELATION
@@ -95,6 +127,7 @@ def parse_easyedit_record(fields: RecordFields, stem: str, rng: random.Random) -
         raise fields.error(
             "locality_ground_truth",
             f"has {len(loc_truths)} items for {len(loc_prompts)} locality prompts",
+            INVALID,
         )
     pick = rng.randrange(len(loc_prompts))
     loc_truth = loc_truths[pick] if len(loc_truths) > 1 else loc_truths[0]
@@ -109,20 +142,32 @@ def parse_easyedit_record(fields: RecordFields, stem: str, rng: random.Random) -
     )
 
 
-def read_counterfact(
-    path: str | os.PathLike[str], *, seed: int, drop_malformed: bool = False
-) -> list[EditRecord]:
-    """All records of a CounterFact file in file order (ids ``<file stem>:<case_id>``).
+def parse_counterfact(
+    path: str | os.PathLike[str], *, seed: int, max_chars: int | None = DEFAULT_MAX_CHARS
+) -> Parsed[EditRecord]:
+    """Every record of a CounterFact file, valid (ids ``<file stem>:<case_id>``) or not.
 
     ``seed`` drives the one-time choice of paraphrase and neighbourhood prompts, so every run
     (and every variant) that prepares the file with the same seed sees the same tuples.
     """
     path = Path(path)
     raw = load_json_list(path)
-    parse = parse_rome_record if detect_flavour(path.name, raw) == ROME else parse_easyedit_record
     rng = random.Random(seed)
-    return list(
-        parse_records(
-            path.name, raw, lambda f: parse(f, path.stem, rng), drop_malformed=drop_malformed
-        )
-    )
+    if detect_flavour(path.name, raw) == ROME:
+        seen: dict[int, int] = {}
+        parse = lambda f: parse_rome_record(f, path.stem, rng, seen)  # noqa: E731
+    else:
+        parse = lambda f: parse_easyedit_record(f, path.stem, rng)  # noqa: E731
+    return parse_records(path.name, raw, parse, max_chars=max_chars)
+
+
+def read_counterfact(
+    path: str | os.PathLike[str],
+    *,
+    seed: int,
+    on_malformed: str = "fail",
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+) -> list[EditRecord]:
+    """The valid records of a CounterFact file in file order (see ``parse_counterfact`` and
+    ``apply_policy``)."""
+    return apply_policy(parse_counterfact(path, seed=seed, max_chars=max_chars), on_malformed)

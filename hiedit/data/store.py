@@ -34,19 +34,25 @@ def records_to_columns(records: Iterable[EditRecord]) -> dict[str, list[str | No
     return columns
 
 
-def write_split(records: Sequence[EditRecord], path: str | os.PathLike[str]) -> Path:
-    """Write ``records`` to a Parquet file at ``path`` atomically (temp file + rename)."""
+def write_split_to(records: Sequence[EditRecord], path: str | os.PathLike[str]) -> None:
+    """Write ``records`` as Parquet to ``path`` directly (callers arrange atomicity)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pydict(records_to_columns(records), schema=_schema())
-    return write_with(path, lambda tmp: pq.write_table(table, tmp))
+    pq.write_table(table, path)
 
 
-def read_split(path: str | os.PathLike[str]) -> list[EditRecord]:
+def write_split(records: Sequence[EditRecord], path: str | os.PathLike[str]) -> Path:
+    """Write ``records`` to a Parquet file at ``path`` atomically (temp file + rename)."""
+    return write_with(path, lambda tmp: write_split_to(records, tmp))
+
+
+def read_split(path: str | os.PathLike[str], *, allow_empty: bool = False) -> list[EditRecord]:
     """Read a split written by ``write_split``; columns and values are validated.
 
-    Raises ``DataError`` naming the file (and the column and row where relevant).
+    Raises ``DataError`` naming the file (and the column and row where relevant); a split with
+    no records is one too unless ``allow_empty`` (training and evaluation need records).
     """
     import pyarrow.parquet as pq
 
@@ -61,6 +67,8 @@ def read_split(path: str | os.PathLike[str]) -> list[EditRecord]:
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{name}: missing column(s) {', '.join(missing)}")
+    if table.num_rows == 0 and not allow_empty:
+        raise DataError(f"{path}: the split holds no records (prepare it from a non-empty file)")
     data = {c: table.column(c).to_pylist() for c in COLUMNS}
     records = []
     for row in range(table.num_rows):

@@ -192,3 +192,45 @@ def encode_role(
     if any(old is not None for old in olds):
         raise ValueError(f"role {role!r}: some records have an old answer and some do not")
     return encode_qa(tokenizer, prompts, targets, max_length=max_length), None
+
+
+def check_token_lengths(
+    tokenizer,
+    records: Sequence[EditRecord],
+    max_tokens: int | None,
+    *,
+    source: str,
+    chunk: int = 1024,
+) -> None:
+    """Raise ``DataError`` naming ``source`` and the first record one of whose tuples, encoded as
+    ``encode_qa`` does (prompt + answer minus its last token), needs more than ``max_tokens``
+    positions; ``None`` checks nothing. Run before any editing, so that an over-long record stops
+    the job at once instead of deep in a stream (or, unbounded, exhausting memory)."""
+    from hiedit.data.records import ROLES
+    from hiedit.errors import DataError
+
+    if max_tokens is None:
+        return
+    for start in range(0, len(records), chunk):
+        part = records[start : start + chunk]
+        for role in ROLES:
+            qas = [rec.role(role) for rec in part]
+            prompt_ids = _token_ids(tokenizer, [qa.prompt for qa in qas], special=True)
+            answer_ids = _token_ids(
+                tokenizer, [answer_text(qa.target) for qa in qas], special=False
+            )
+            for offset, (p, a) in enumerate(zip(prompt_ids, answer_ids, strict=True)):
+                length = len(p) + len(a) - 1
+                if length > max_tokens:
+                    raise DataError(
+                        f"{source}: record {start + offset} ({part[offset].record_id}): its "
+                        f"{role} tuple is {length} tokens (prompt {len(p)}, answer {len(a)}), "
+                        f"more than the model's {max_tokens} positions"
+                    )
+
+
+def check_fits_model(tokenizer, records: Sequence[EditRecord], model, source: str) -> None:
+    """``check_token_lengths`` against the model's context (``config.max_position_embeddings``;
+    models that do not state one are not checked)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    check_token_lengths(tokenizer, records, int(limit) if limit else None, source=source)

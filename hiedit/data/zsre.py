@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hiedit.data.raw import RecordFields, load_json_list, parse_records
+from hiedit.data.raw import (
+    DEFAULT_MAX_CHARS,
+    Parsed,
+    RecordFields,
+    apply_policy,
+    load_json_list,
+    parse_records,
+)
 from hiedit.data.records import QA, EditRecord
 
 FORMAT = "zsre"
@@ -34,15 +41,25 @@ def parse_zsre_record(fields: RecordFields, record_id: str) -> EditRecord:
     )
 
 
-def read_zsre(path: str | os.PathLike[str], *, drop_malformed: bool = False) -> list[EditRecord]:
-    """All records of a ZsRE MEND-format JSON file, in file order (ids ``<file stem>:<index>``)."""
+def parse_zsre(
+    path: str | os.PathLike[str], *, max_chars: int | None = DEFAULT_MAX_CHARS
+) -> Parsed[EditRecord]:
+    """Every record of a ZsRE MEND-format JSON file, valid (ids ``<file stem>:<index>``) or not."""
     path = Path(path)
     raw = load_json_list(path)
-    return list(
-        parse_records(
-            path.name,
-            raw,
-            lambda f: parse_zsre_record(f, f"{path.stem}:{f.index}"),
-            drop_malformed=drop_malformed,
-        )
+    return parse_records(
+        path.name,
+        raw,
+        lambda f: parse_zsre_record(f, f"{path.stem}:{f.index}"),
+        max_chars=max_chars,
     )
+
+
+def read_zsre(
+    path: str | os.PathLike[str],
+    *,
+    on_malformed: str = "fail",
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+) -> list[EditRecord]:
+    """The valid records of a ZsRE MEND-format JSON file, in file order (see ``apply_policy``)."""
+    return apply_policy(parse_zsre(path, max_chars=max_chars), on_malformed)

@@ -83,6 +83,7 @@ def run_evaluation(request: EvaluationRequest) -> StreamResult:
     """Run the job's stream (resuming from its state folder) and write its result files."""
     import torch
 
+    from hiedit.data import check_fits_model
     from hiedit.editors import build_editor
     from hiedit.evaluation.outputs import clear_results
     from hiedit.evaluation.stream import StreamSettings, run_stream
@@ -96,6 +97,7 @@ def run_evaluation(request: EvaluationRequest) -> StreamResult:
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
     seed_everything(job.seed)
     model, tokenizer = load_model(job.model, device=device)
+    check_fits_model(tokenizer, records, model, str(request.eval_data))
     editor = build_editor(job, model, tokenizer, checkpoint=request.checkpoint, stats=request.stats)
     settings = StreamSettings.from_job_config(
         job, save_every=request.save_every, save_interval=_initial_interval(request)

@@ -1,4 +1,7 @@
 # Datasets: the embedded geofacts (built offline), the paper's downloads, and the tidy Parquet splits.
+import re
+
+from hiedit.data.raw import DEFAULT_MAX_CHARS
 
 
 rule build_geofacts:
@@ -37,18 +40,27 @@ rule download_dataset:
         "python -m hiedit data download --url {params.url} --out {output} > {log} 2>&1"
 
 
+# Only the catalogue's datasets: keeps results/data/geofacts/stats.json (build_geofacts) apart.
+PREPARED_DATASETS = "|".join(re.escape(name) for name in config["datasets"])
+
+
 rule prepare_data:
     input:
         unpack(raw_inputs),
     output:
         train="results/data/{dataset}/train.parquet",
         eval="results/data/{dataset}/eval.parquet",
+        stats="results/data/{dataset}/stats.json",
     log:
         "results/logs/prepare_data/{dataset}.log",
+    wildcard_constraints:
+        dataset=PREPARED_DATASETS,
     conda:
         "../../envs/hiedit.yaml"
     params:
         inputs=raw_input_flags,
+        on_malformed=lambda w: dataset_entry(w.dataset).get("on_malformed", "fail"),
+        max_chars=lambda w: dataset_entry(w.dataset).get("max_chars", DEFAULT_MAX_CHARS),
         format=lambda w: dataset_entry(w.dataset)["format"],
         seed=config["data_seed"],
         n_train=SETUP["training"]["n_train"],
@@ -56,4 +68,41 @@ rule prepare_data:
     shell:
         "python -m hiedit data prepare --format {params.format} {params.inputs}"
         " --seed {params.seed} --n-train {params.n_train} --n-eval {params.n_eval}"
-        " --out-train {output.train} --out-eval {output.eval} > {log} 2>&1"
+        " --on-malformed {params.on_malformed} --max-chars {params.max_chars}"
+        " --dataset {wildcards.dataset} --out-train {output.train}"
+        " --out-eval {output.eval} --stats {output.stats} > {log} 2>&1"
+
+
+rule report_data:
+    input:
+        stats=expand(rules.prepare_data.output.stats, dataset=SETUP["datasets"]),
+    output:
+        csv=report(
+            "results/report/data/preparation.csv",
+            caption="../report/data.rst",
+            category="Data",
+            subcategory="Preparation",
+            labels={"table": "records read, kept and dropped", "format": "CSV"},
+        ),
+        html=report(
+            "results/report/data/preparation.html",
+            caption="../report/data.rst",
+            category="Data",
+            subcategory="Preparation",
+            labels={"table": "records read, kept and dropped", "format": "HTML"},
+        ),
+    log:
+        "results/logs/report/data.log",
+    conda:
+        "../../envs/hiedit.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        policies={
+            name: dataset_entry(name).get("on_malformed", "fail")
+            for name in SETUP["datasets"]
+        },
+    shell:
+        "python -m hiedit data stats-table {input.stats}"
+        " --csv {output.csv} --html {output.html} > {log} 2>&1"

@@ -295,6 +295,7 @@ REPORT_TARGETS = {
     ],
     "timing": list(rules.report_edit_time.output),
     "kernel_benchmark": [rules.report_kernel_benchmark.output.png],
+    "data": list(rules.report_data.output),
 }
 all_report_outputs = lambda: [f for files in REPORT_TARGETS.values() for f in files]
 
