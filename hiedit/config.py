@@ -31,6 +31,7 @@ from hiedit.errors import ConfigError
 # Package data: found wherever the package is, installed or run from a checkout.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 SECTIONS = ("editor", "training", "evaluation")
+JOB_DATASET_KEYS = ("source", "format")
 
 
 # --- typed sections ---------------------------------------------------------------------------
@@ -455,7 +456,9 @@ def job_config(
         "model_name": model,
         "model": copy.deepcopy(config["models"][model]),
         "dataset_name": dataset,
-        "dataset": copy.deepcopy(config["datasets"][dataset]),
+        # What a job needs of its dataset: preparation settings (URLs, malformed-record policy)
+        # are the data stage's, and changing them must not rerun every job.
+        "dataset": {key: config["datasets"][dataset][key] for key in JOB_DATASET_KEYS},
         "variant": variant,
         "seed": int(seed),
         "editor": copy.deepcopy(editor),

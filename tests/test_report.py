@@ -342,3 +342,12 @@ def test_cli_writes_tables_and_figures(tmp_path, capsys):
     assert pd.read_csv(tmp_path / "m.csv", index_col=0).shape == (4, 4)
     assert report_cli(*sweep, "--default-k", "tiny-llama") == 2
     assert "MODEL=INTEGER" in capsys.readouterr().err
+
+
+def test_html_tables_carry_their_title_as_a_caption():
+    import pandas as pd
+
+    from hiedit.reporting.tables import table_html
+
+    page = table_html(pd.DataFrame({"a": [1]}), "Table 1 <x>")
+    assert '<table class="dataframe">\n<caption>Table 1 &lt;x&gt;</caption>' in page

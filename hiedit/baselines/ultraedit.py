@@ -54,11 +54,11 @@ from typing import Any
 import torch
 from torch import nn
 
+import kernels
 from hiedit.atomic import atomic_path
 from hiedit.data.tokenize import encode_qa
 from hiedit.editor.api import EditStep, check_identity, group_key
 from hiedit.editor.capture import TOKEN_MODES, capture_gradients
-import kernels
 from hiedit.editor.commit import commit_update
 from hiedit.editor.lowlevel import Factors
 from hiedit.editor.normalizer import RunningNormalizer

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -248,7 +249,9 @@ p.note { color: #555; font-size: 0.85em; max-width: 60em; }
 def table_html(table: pd.DataFrame, title: str, note: str = "") -> str:
     """A standalone HTML page holding ``table`` under ``title`` with an optional ``note``."""
     body = table.to_html(index=False, border=0, escape=True, na_rep=MISSING)
-    body = body.replace("<table>", f"<table>\n<caption>{html.escape(title)}</caption>", 1)
+    # pandas writes <table class="dataframe">: the caption goes right after the opening tag.
+    caption = f"<caption>{html.escape(title)}</caption>"
+    body = re.sub(r"<table[^>]*>", lambda m: f"{m.group(0)}\n{caption}", body, count=1)
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
