@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import html
 import math
-import re
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
