@@ -244,3 +244,58 @@ def test_old_pass_is_shared_only_where_the_contexts_are_identical(tok, tiny):
     # is a prefix of " q"? no; of " Oa" yes; of " Ozzy" yes; of " Xz" no.
     assert shared.n_forwards == 3 * 4 + 2 * 2 + 2
     assert shared.frame.equals(separate.frame)
+
+
+def test_agreement_on_correct_positions_and_coarse_kl_against_the_unedited_model(tok):
+    lm = BigramLM(len(tok))
+    # unrel " rs" after "q": the unedited model gets " " and "r" right, not "s".
+    lm.set(tok, "q", " ", 5.0)
+    lm.set(tok, " ", "r", 5.0)
+    records = [_zsre(0, "ab", "cd", loc="q", loc_ans="rs")]
+    unedited = score_records(lm, tok, records, batch_size=8)
+    assert unedited.reference.correct == [[True, True, False]]
+    same = score_records(lm, tok, records, batch_size=8, reference=unedited.reference).frame
+    assert same["specificity_agreement"].tolist() == [1.0]
+    assert same["specificity_agreement_correct"].tolist() == [1.0]
+    assert same["specificity_kl"].tolist() == [0.0]  # exactly: nothing changed
+
+    lm.set(tok, " ", "z", 9.0)  # an edit flips the second (correct) position
+    moved = score_records(lm, tok, records, batch_size=8, reference=unedited.reference).frame
+    assert moved["specificity_agreement"].tolist() == pytest.approx([2 / 3])
+    assert moved["specificity_agreement_correct"].tolist() == pytest.approx([1 / 2])
+    assert moved["specificity_kl"].iloc[0] > 0.1
+
+
+def test_coarse_kl_is_the_full_kl_with_every_token_and_a_lower_bound_with_fewer():
+    from hiedit.evaluation.metrics import coarse_kl
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(3, 50, generator=g).log_softmax(-1)
+    q = (p + 0.5 * torch.randn(3, 50, generator=g)).log_softmax(-1)
+    full = float((p.exp() * (p - q)).sum(-1).mean())
+    assert coarse_kl(p, q) == pytest.approx(full, rel=1e-5)
+    top = p.topk(5, dim=-1)
+    partial = coarse_kl(top.values, q.gather(1, top.indices))
+    assert 0 < partial <= full
+
+
+def test_counterfact_per_token_probability_rule(tok):
+    lm = BigramLM(len(tok))
+    # new " ab" (3 tokens) against true " c" (2 tokens): the summed rule prefers the shorter
+    # answer, the per-token one compares mean log-probabilities.
+    lm.set(tok, "x", " ", 10.0)
+    lm.set(tok, " ", "a", 3.0)
+    lm.set(tok, " ", "c", 3.0)
+    lm.set(tok, "a", "b", 8.0)
+    frame = score_records(lm, tok, [_cf(0, "x", "ab", "c")], batch_size=4).frame
+    logp = {
+        (prev, nxt): float(lm.table[_id(tok, prev)].log_softmax(-1)[_id(tok, nxt)])
+        for prev, nxt in (("x", " "), (" ", "a"), (" ", "c"), ("a", "b"))
+    }
+    new = [logp["x", " "], logp[" ", "a"], logp["a", "b"]]
+    old = [logp["x", " "], logp[" ", "c"]]
+    assert frame["efficacy_prob"].tolist() == [float(sum(new) > sum(old))]
+    assert frame["efficacy_prob_per_token"].tolist() == [
+        float(sum(new) / len(new) > sum(old) / len(old))
+    ]
+    assert frame["efficacy_prob"].iloc[0] != frame["efficacy_prob_per_token"].iloc[0]

@@ -204,3 +204,46 @@ def test_state_of_other_inputs_is_refused(tmp_path):
         _run(records, _settings(), state_dir=state, fail_after=3)
     with pytest.raises(CheckpointMismatchError, match="n_curve_points"):
         _run(records, _settings(n_curve_points=2), state_dir=state)
+
+
+def test_a_zero_step_editor_keeps_agreement_one_and_kl_zero_exactly():
+    from editor_helpers import tiny_job, tiny_model
+
+    from hiedit.editor import load_editor
+
+    job = tiny_job(editor={"lr": 0.0})
+    model, tokenizer = tiny_model(job)
+    editor = load_editor(job, model, tokenizer, None)
+    result = run_stream(editor, model, tokenizer, _records(6), _settings(n_edits=6), progress=False)
+    assert result.metrics["specificity_agreement"] == 1.0
+    assert result.metrics["specificity_kl"] == 0.0
+    assert result.metrics.get("specificity_agreement_correct", 1.0) == 1.0
+    assert (result.per_edit["specificity_kl"] == 0.0).all()
+    for name in ("efficacy", "generalization", "specificity"):
+        assert result.metrics[name] == result.metrics[f"unedited_{name}"]
+
+
+class TurnEditor(RankOneTestEditor):
+    """The test double with turns: three records per call."""
+
+    edits_per_step = 3
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def edit_records(self, records):
+        self.calls.append([r.record_id for r in records])
+        return super().edit_records(records[-1:])
+
+
+def test_turns_of_several_records_per_call_keep_one_row_per_record(tmp_path):
+    model, tokenizer = load_model(TINY)
+    editor = TurnEditor(model, TINY["modules"])
+    settings = _settings(n_edits=8, n_curve_points=2)
+    result = run_stream(editor, model, tokenizer, _records(8), settings, progress=False)
+    assert [len(c) for c in editor.calls] == [3, 3, 2]
+    assert result.per_edit["index"].tolist() == list(range(8))
+    assert result.per_edit["turn"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    # the first curve point (checkpoint 4) falls on the call boundary after it: 6 edits
+    assert result.curve["n_edits"].tolist() == [6, 8]

@@ -81,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="concatenate metrics_long.csv files into one validated table",
         description="Concatenate tidy metrics_long.csv files (columns model, dataset, variant, "
         "seed, n_edits, metric, value) into --out, validating every file: exact columns, integer "
-        "seed/n_edits, values in [0, 1], no key repeated across files. Errors name the file.",
+        "seed/n_edits, rates in [0, 1] (KL metrics: non-negative), no key repeated across "
+        "files. Errors name the file.",
     )
     gather.add_argument("--out", required=True, help="output CSV (written atomically)")
     gather.add_argument("files", nargs="+", metavar="FILES", help="metrics_long.csv files")

@@ -140,7 +140,8 @@ def long_table(job: JobConfig, result: StreamResult) -> pd.DataFrame:
     rows = long_rows(identity, result.n_edits, result.metrics)
     curve_metrics = [c for c in result.curve.columns if c not in ("n_edits", "n_scored")]
     for point in result.curve.to_dict("records"):
-        values = {f"curve_{name}": point[name] for name in curve_metrics}
+        # A metric undefined on a small sample (no eligible position) is left out, not NaN.
+        values = {f"curve_{m}": point[m] for m in curve_metrics if point[m] == point[m]}
         rows += long_rows(identity, point["n_edits"], values)
     return pd.DataFrame(rows)
 

@@ -12,8 +12,18 @@ Per record and role (``edit`` → efficacy, ``equiv`` → generalization, ``unre
   the truth".
 * **CounterFact, probability rule** (``*_prob``): ``log P(target) > log P(old)`` with each full
   answer scored in its own teacher-forced pass (sum of token log-probabilities), 1.0 or 0.0.
-* **specificity_agreement**: the fraction of ``unrel`` answer positions where the model's argmax
-  equals the unedited model's argmax (``reference`` predictions, taken once before editing).
+* **CounterFact, per-token probability rule** (``*_prob_per_token``, ROME/MEMIT's): the same
+  comparison of the mean token log-probability of each answer (the summed one divided by its
+  length), so a longer answer is not penalised for its length.
+* Against the unedited model (``reference``: its :class:`UnrelReference`, taken once before
+  editing), on the ``unrel`` answer positions:
+  **specificity_agreement**, the fraction of positions whose argmax equals the unedited argmax;
+  **specificity_agreement_correct**, the same over only the positions the unedited model gets
+  right (undefined, and left out of the mean, for a record with none: near-ties among wrong
+  tokens do not count); **specificity_kl**, the mean over positions of
+  KL(p_unedited ‖ p_edited) over the unedited model's top-``TOP_K`` tokens plus one bucket for the
+  rest of the vocabulary (a lower bound of the full KL by the log-sum inequality, exactly 0 when
+  nothing changed; storing whole distributions would cost the vocabulary size per position).
 
 All tuples of all roles (and the CounterFact ``old`` passes) are pooled, sorted by length and run
 in batches of ``batch_size`` under ``torch.inference_mode``: ``ceil(n_tuples / batch_size)``
@@ -52,16 +62,23 @@ log = logging.getLogger(__name__)
 
 ROLE_METRICS = {"edit": "efficacy", "equiv": "generalization", "unrel": "specificity"}
 AGREEMENT = "specificity_agreement"
+AGREEMENT_CORRECT = "specificity_agreement_correct"
+KL = "specificity_kl"
+# Columns that exist only against a reference (the unedited model compared with itself is trivial).
+REFERENCE_COLUMNS = (AGREEMENT, AGREEMENT_CORRECT, KL)
 PROB_SUFFIX = "_prob"
+PER_TOKEN_SUFFIX = "_prob_per_token"
+TOP_K = 100  # unedited tokens kept per unrel position for specificity_kl
 
 
 def metric_columns(data_format: str, *, agreement: bool = True) -> list[str]:
     """The per-record metric columns :func:`score_records` returns for ``data_format``."""
     columns = list(ROLE_METRICS.values())
     if agreement:
-        columns.append(AGREEMENT)
+        columns += list(REFERENCE_COLUMNS)
     if data_format == "counterfact":
         columns += [name + PROB_SUFFIX for name in ROLE_METRICS.values()]
+        columns += [name + PER_TOKEN_SUFFIX for name in ROLE_METRICS.values()]
     return columns
 
 
@@ -83,10 +100,16 @@ class PositionStats:
     n_preferred: torch.Tensor
     old_log_prob: torch.Tensor
     predictions: list[list[int]]
+    gold: list[list[int]] = field(default_factory=list)
+    log_probs: list[torch.Tensor] = field(default_factory=list)  # per row, P × V (if kept)
 
 
 def answer_position_stats(
-    logits: torch.Tensor, labels: torch.Tensor, old_labels: torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    old_labels: torch.Tensor | None = None,
+    *,
+    keep_log_probs: bool = False,
 ) -> PositionStats:
     """Reduce ``logits`` (B × T × V) at the answer positions of pre-shifted ``labels`` (B × T).
 
@@ -121,6 +144,9 @@ def answer_position_stats(
         n_preferred = per_row((aligned & (gold_logit > old_logit)).double())
         old_log_prob = per_row(torch.where(aligned, old_logit - log_normalizer, 0.0).double())
     counts = mask.sum(dim=1).tolist()
+    log_probs = []
+    if keep_log_probs:
+        log_probs = list((picked - log_normalizer[:, None]).split(counts))
     return PositionStats(
         n_answer=per_row(ones),
         n_correct=per_row((argmax == gold).double()),
@@ -129,7 +155,50 @@ def answer_position_stats(
         n_preferred=n_preferred,
         old_log_prob=old_log_prob,
         predictions=[chunk.tolist() for chunk in argmax.split(counts)],
+        gold=[chunk.tolist() for chunk in gold.split(counts)],
+        log_probs=log_probs,
     )
+
+
+@dataclass
+class UnrelReference:
+    """The unedited model's view of each record's ``unrel`` answer positions (from
+    :attr:`Scores.reference`): its argmax, whether that is the gold token, and its top-``TOP_K``
+    token ids and log-probabilities (``P × TOP_K`` per record)."""
+
+    predictions: list[list[int]]
+    correct: list[list[bool]]
+    top_ids: list[torch.Tensor]
+    top_log_probs: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    def subset(self, indices: Sequence[int]) -> UnrelReference:
+        return UnrelReference(
+            [self.predictions[i] for i in indices],
+            [self.correct[i] for i in indices],
+            [self.top_ids[i] for i in indices],
+            [self.top_log_probs[i] for i in indices],
+        )
+
+    def to_state(self) -> dict[str, list]:
+        """Plain containers (a progress file is loaded with ``weights_only=True``)."""
+        return {
+            "predictions": self.predictions,
+            "correct": self.correct,
+            "top_ids": self.top_ids,
+            "top_log_probs": self.top_log_probs,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, list]) -> UnrelReference:
+        return cls(
+            list(state["predictions"]),
+            list(state["correct"]),
+            list(state["top_ids"]),
+            list(state["top_log_probs"]),
+        )
 
 
 @dataclass
@@ -137,14 +206,18 @@ class Scores:
     """Result of :func:`score_records`.
 
     ``frame``: one row per record (in the given order) with the metric columns of
-    :func:`metric_columns`; ``predictions``: per record, the argmax tokens at the ``unrel`` answer
-    positions (pass them as ``reference`` when scoring the edited model); ``n_forwards``: model
-    calls made.
+    :func:`metric_columns`; ``reference``: this model's :class:`UnrelReference` (pass it as
+    ``reference`` when scoring the edited model); ``n_forwards``: model calls made.
     """
 
     frame: pd.DataFrame
-    predictions: list[list[int]]
+    reference: UnrelReference
     n_forwards: int
+
+    @property
+    def predictions(self) -> list[list[int]]:
+        """The argmax tokens at each record's ``unrel`` answer positions."""
+        return self.reference.predictions
 
 
 @dataclass
@@ -258,7 +331,7 @@ def score_records(
     records: Sequence[EditRecord],
     *,
     batch_size: int,
-    reference: Sequence[Sequence[int]] | None = None,
+    reference: UnrelReference | Sequence[Sequence[int]] | None = None,
     max_length: int | None = None,
     share_prefix: bool = True,
     progress: bool = False,
@@ -266,13 +339,13 @@ def score_records(
 ) -> Scores:
     """Score ``records`` with ``model`` as it is now (rules: module docstring).
 
-    ``reference``: the unedited model's ``unrel`` predictions, aligned with ``records``; when
-    given, the ``specificity_agreement`` column is filled. ``share_prefix=False`` runs the
-    CounterFact old-answer pass for every tuple even where the target pass already holds its
-    logits (for checking that shortcut). The model's train/eval mode is restored afterwards.
+    ``reference``: the unedited model's :class:`UnrelReference`, aligned with ``records``; when
+    given, the reference columns are filled (a plain list of argmax predictions fills only
+    ``specificity_agreement``). ``share_prefix=False`` runs the CounterFact old-answer pass for
+    every tuple even where the target pass already holds its logits (for checking that shortcut).
+    The model's train/eval mode is restored afterwards.
     """
     import pandas as pd
-    import torch
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -280,15 +353,62 @@ def score_records(
         raise ValueError(f"{len(reference)} reference predictions for {len(records)} records")
     data_format = _record_format(records)
     columns = metric_columns(data_format, agreement=reference is not None)
+    if reference is not None and not isinstance(reference, UnrelReference):
+        columns = [c for c in columns if c not in (AGREEMENT_CORRECT, KL)]
     if not records:
-        return Scores(pd.DataFrame(columns=columns, dtype=float), [], 0)
-
+        empty = UnrelReference([], [], [], [])
+        return Scores(pd.DataFrame(columns=columns, dtype=float), empty, 0)
     rows = _collect_rows(tokenizer, records, max_length, share_prefix)
+    full = reference if isinstance(reference, UnrelReference) else None
+    batches = _run_batches(model, tokenizer, rows, len(records), batch_size, full, progress, desc)
+    stats, unrel, n_forwards = batches
+    table: dict[str, list[float]] = {name: [] for name in columns}
+    for r in range(len(records)):
+        _record_values(table, stats, r, data_format)
+        if reference is not None:
+            _reference_values(table, unrel[r], reference, r, records[r])
+    return Scores(pd.DataFrame(table, columns=columns), _reference_of(unrel), n_forwards)
+
+
+@dataclass
+class _UnrelRow:
+    """The model at one record's ``unrel`` answer positions (the full distributions are reduced
+    in the batch: a vocabulary-sized row per position would not fit a long stream)."""
+
+    predictions: list[int]
+    gold: list[int]
+    top_ids: torch.Tensor  # P × TOP_K, this model's most likely tokens
+    top_log_probs: torch.Tensor  # P × TOP_K
+    at_reference: torch.Tensor | None  # P × TOP_K, log-probabilities at the reference's top ids
+
+
+def _unrel_row(batch: PositionStats, j: int, reference: UnrelReference | None, r: int) -> _UnrelRow:
+    import torch
+
+    log_probs = batch.log_probs[j]
+    top = log_probs.topk(min(TOP_K, log_probs.shape[-1]), dim=-1)
+    at_reference = None
+    if reference is not None and reference.top_ids[r].shape[0] == log_probs.shape[0]:
+        index = reference.top_ids[r].to(device=log_probs.device, dtype=torch.long)
+        at_reference = log_probs.gather(1, index).float().cpu()
+    return _UnrelRow(
+        batch.predictions[j],
+        batch.gold[j],
+        top.indices.to(torch.int32).cpu(),
+        top.values.float().cpu(),
+        at_reference,
+    )
+
+
+def _run_batches(model, tokenizer, rows: _Rows, n_records, batch_size, reference, progress, desc):
+    """Forward every row in length-sorted batches; per-owner statistics and the unrel rows."""
+    import torch
+
     # Longest first: similar lengths share a batch (little padding) and a memory problem shows
     # up in the first batch rather than the last.
     order = sorted(range(len(rows.input_ids)), key=lambda i: -len(rows.input_ids[i]))
     stats: dict[tuple[int, str, str], list[float]] = {}
-    unrel_predictions: list[list[int]] = [[] for _ in records]
+    unrel: list[_UnrelRow | None] = [None] * n_records
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     sliced = _accepts_logits_to_keep(model)
@@ -300,77 +420,123 @@ def score_records(
             starts = range(0, len(order), batch_size)
             for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
                 chunk = order[start : start + batch_size]
-                olds = [rows.old_labels[i] for i in chunk]
-                old_labels = None
-                if any(o is not None for o in olds):
-                    filled = [
-                        o if o is not None else torch.full_like(rows.labels[i], IGNORE_INDEX)
-                        for o, i in zip(olds, chunk, strict=True)
-                    ]
-                    old_labels = _pad(filled, IGNORE_INDEX).to(device)
-                logits, labels, old_labels = _forward_answer_logits(
-                    model,
-                    _pad([rows.input_ids[i] for i in chunk], pad).to(device),
-                    _pad([torch.ones_like(rows.input_ids[i]) for i in chunk], 0).to(device),
-                    _pad([rows.labels[i] for i in chunk], IGNORE_INDEX).to(device),
-                    old_labels,
-                    sliced,
-                )
+                logits, labels, old_labels = _forward_chunk(model, rows, chunk, pad, device, sliced)
                 n_forwards += 1
-                batch_stats = answer_position_stats(logits, labels, old_labels)
+                keep = any(rows.owner[i][1:] == UNREL_TARGET for i in chunk)
+                batch = answer_position_stats(logits, labels, old_labels, keep_log_probs=keep)
                 values = torch.stack(
                     [
-                        batch_stats.n_answer,
-                        batch_stats.n_correct,
-                        batch_stats.log_prob,
-                        batch_stats.n_aligned,
-                        batch_stats.n_preferred,
-                        batch_stats.old_log_prob,
+                        batch.n_answer,
+                        batch.n_correct,
+                        batch.log_prob,
+                        batch.n_aligned,
+                        batch.n_preferred,
+                        batch.old_log_prob,
                     ],
                     dim=1,
                 ).cpu()
                 for j, i in enumerate(chunk):
                     owner = rows.owner[i]
                     stats[owner] = values[j].tolist()
-                    if owner[1] == "unrel" and owner[2] == "target":
-                        unrel_predictions[owner[0]] = batch_stats.predictions[j]
+                    if owner[1:] == UNREL_TARGET:
+                        unrel[owner[0]] = _unrel_row(batch, j, reference, owner[0])
     finally:
         model.train(was_training)
-
-    table: dict[str, list[float]] = {name: [] for name in columns}
-    for r in range(len(records)):
-        for role, name in ROLE_METRICS.items():
-            n_answer, n_correct, log_prob, n_aligned, n_preferred, shared_old = stats[
-                (r, role, "target")
-            ]
-            if data_format == "counterfact":
-                table[name].append(n_preferred / n_aligned)
-                own_pass = stats.get((r, role, "old"))
-                old_log_prob = own_pass[2] if own_pass is not None else shared_old
-                table[name + PROB_SUFFIX].append(float(log_prob > old_log_prob))
-            else:
-                table[name].append(n_correct / n_answer)
-        if reference is not None:
-            table[AGREEMENT].append(_agreement(unrel_predictions[r], reference[r], records[r]))
-    return Scores(pd.DataFrame(table, columns=columns), unrel_predictions, n_forwards)
+    return stats, unrel, n_forwards
 
 
-def _agreement(predicted: Sequence[int], reference: Sequence[int], record: EditRecord) -> float:
-    if len(predicted) != len(reference):
+UNREL_TARGET = ("unrel", "target")
+
+
+def _forward_chunk(model, rows: _Rows, chunk: Sequence[int], pad: int, device, sliced: bool):
+    import torch
+
+    olds = [rows.old_labels[i] for i in chunk]
+    old_labels = None
+    if any(o is not None for o in olds):
+        filled = [
+            o if o is not None else torch.full_like(rows.labels[i], IGNORE_INDEX)
+            for o, i in zip(olds, chunk, strict=True)
+        ]
+        old_labels = _pad(filled, IGNORE_INDEX).to(device)
+    return _forward_answer_logits(
+        model,
+        _pad([rows.input_ids[i] for i in chunk], pad).to(device),
+        _pad([torch.ones_like(rows.input_ids[i]) for i in chunk], 0).to(device),
+        _pad([rows.labels[i] for i in chunk], IGNORE_INDEX).to(device),
+        old_labels,
+        sliced,
+    )
+
+
+def _record_values(table, stats, r: int, data_format: str) -> None:
+    """Efficacy, generalisation, specificity (and the CounterFact probability rules) of record r."""
+    for role, name in ROLE_METRICS.items():
+        n_answer, n_correct, log_prob, n_aligned, n_preferred, shared = stats[(r, role, "target")]
+        if data_format != "counterfact":
+            table[name].append(n_correct / n_answer)
+            continue
+        table[name].append(n_preferred / n_aligned)
+        own = stats.get((r, role, "old"))
+        # The old answer's own pass, or (when its contexts are the target's) its aligned positions.
+        old_log_prob, old_length = (own[2], own[0]) if own else (shared, n_aligned)
+        table[name + PROB_SUFFIX].append(float(log_prob > old_log_prob))
+        per_token = log_prob / n_answer > old_log_prob / old_length
+        table[name + PER_TOKEN_SUFFIX].append(float(per_token))
+
+
+def _reference_values(table, row: _UnrelRow, reference, r: int, record: EditRecord) -> None:
+    full = isinstance(reference, UnrelReference)
+    predictions = reference.predictions[r] if full else reference[r]
+    if len(row.predictions) != len(predictions):
         raise ValueError(
-            f"record {record.record_id}: {len(reference)} reference predictions for "
-            f"{len(predicted)} unrel answer positions (different tokenizer or max_length?)"
+            f"record {record.record_id}: {len(predictions)} reference predictions for "
+            f"{len(row.predictions)} unrel answer positions (different tokenizer or max_length?)"
         )
-    same = sum(int(a == b) for a, b in zip(predicted, reference, strict=True))
-    return same / len(predicted)
+    same = [int(a == b) for a, b in zip(row.predictions, predictions, strict=True)]
+    table[AGREEMENT].append(sum(same) / len(same))
+    if not full:
+        return
+    kept = [s for s, ok in zip(same, reference.correct[r], strict=True) if ok]
+    table[AGREEMENT_CORRECT].append(sum(kept) / len(kept) if kept else float("nan"))
+    table[KL].append(coarse_kl(reference.top_log_probs[r], row.at_reference))
+
+
+def coarse_kl(p_top_log_probs, q_log_probs_there) -> float:
+    """Mean over positions of KL(p ‖ q) over p's top tokens plus one bucket for the rest.
+
+    ``p_top_log_probs`` (P × k): p's log-probabilities of its k most likely tokens;
+    ``q_log_probs_there`` (P × k): q's log-probabilities of the same tokens. Exactly 0 when q
+    equals p.
+    """
+    import torch
+
+    p_top = p_top_log_probs.double()
+    q_top = q_log_probs_there.double()
+    ceiling = 1.0 - 1e-12
+    p_rest = torch.log1p(-p_top.exp().sum(1).clamp(max=ceiling))
+    q_rest = torch.log1p(-q_top.exp().sum(1).clamp(max=ceiling))
+    kl = (p_top.exp() * (p_top - q_top)).sum(1) + p_rest.exp() * (p_rest - q_rest)
+    return float(kl.clamp_min(0.0).mean())
+
+
+def _reference_of(unrel: Sequence[_UnrelRow]) -> UnrelReference:
+    return UnrelReference(
+        predictions=[row.predictions for row in unrel],
+        correct=[[a == g for a, g in zip(row.predictions, row.gold, strict=True)] for row in unrel],
+        top_ids=[row.top_ids for row in unrel],
+        top_log_probs=[row.top_log_probs for row in unrel],
+    )
 
 
 def summarize(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> dict[str, float]:
-    """Mean over records of each metric column (NaN-free: an empty frame gives no entries)."""
+    """Mean over records of each metric column, skipping undefined values (a column with none
+    defined, or an empty frame, gives no entry)."""
     names = list(columns) if columns is not None else list(frame.columns)
     if frame.empty:
         return {}
-    return {name: float(frame[name].mean()) for name in names}
+    means = {name: float(frame[name].mean()) for name in names}
+    return {name: value for name, value in means.items() if value == value}
 
 
 def prefixed(values: Mapping[str, float], prefix: str) -> dict[str, float]:

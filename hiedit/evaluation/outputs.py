@@ -33,6 +33,15 @@ RUNINFO_FILE = "runinfo.json"
 RESULT_FILES = (PER_EDIT_FILE, CURVE_FILE, LONG_FILE, RUNINFO_FILE, METRICS_FILE)
 
 
+# Metrics that are not rates in [0, 1] (a KL divergence, in nats), possibly prefixed.
+UNBOUNDED_SUFFIXES = ("_kl",)
+
+
+def is_unbounded(metric: str) -> bool:
+    """Whether a metric may exceed 1 (every metric is non-negative)."""
+    return metric.endswith(UNBOUNDED_SUFFIXES)
+
+
 class ResultFileError(HiEditError):
     """A result file is missing, unreadable or malformed (the message names the file)."""
 
@@ -104,11 +113,14 @@ def validate_long(frame: pd.DataFrame, source: str) -> pd.DataFrame:
             )
         frame[column] = numbers.astype("int64")
     values = pd.to_numeric(frame["value"], errors="coerce")
-    bad = values.isna() | ~values.between(0.0, 1.0)
+    unbounded = frame["metric"].astype(str).map(is_unbounded).astype(bool)
+    in_range = values.between(0.0, 1.0) | (unbounded & (values >= 0.0) & values.abs().lt(math.inf))
+    bad = values.isna() | ~in_range
     if bad.any():
         row = int(bad.idxmax())
+        expected = "a non-negative finite number" if unbounded.iloc[row] else "a number in [0, 1]"
         raise ResultFileError(
-            f"{source}: row {row}: column 'value' must be a number in [0, 1], got {frame['value'].iloc[row]!r}"
+            f"{source}: row {row}: column 'value' must be {expected}, got {frame['value'].iloc[row]!r}"
         )
     frame["value"] = values.astype("float64")
     for column in ("model", "dataset", "variant", "metric"):
@@ -174,8 +186,9 @@ def finite_metrics(metrics: Mapping[str, float], source: str) -> dict[str, float
     out = {}
     for name, value in metrics.items():
         value = float(value)
-        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise ResultFileError(f"{source}: metric {name} = {value} is not in [0, 1]")
+        bounded = not is_unbounded(name)
+        if not math.isfinite(value) or value < 0.0 or (bounded and value > 1.0):
+            raise ResultFileError(f"{source}: metric {name} = {value} is out of range")
         out[name] = value
     return out
 

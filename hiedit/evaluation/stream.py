@@ -38,9 +38,10 @@ from tqdm.auto import tqdm
 
 from hiedit.errors import CheckpointMismatchError
 from hiedit.evaluation.metrics import (
-    AGREEMENT,
+    REFERENCE_COLUMNS,
     ROLE_METRICS,
     Scores,
+    UnrelReference,
     metric_columns,
     prefixed,
     score_records,
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2
 RETENTION_METRICS = tuple(ROLE_METRICS.values())
 
 
@@ -346,7 +347,7 @@ class _Stream:
             _set_rng_state(saved["rng"])
             self.done = self.resumed_from = int(saved["done"])
             self.unedited_table = saved["unedited"]
-            self.unedited_predictions = saved["unedited_predictions"]
+            self.unedited_reference = UnrelReference.from_state(saved["unedited_reference"])
             self.edit_log = list(saved["per_edit"])
             self.curve_rows = list(saved["curve"])
             self.n_forwards = int(saved["n_forwards"])
@@ -356,7 +357,7 @@ class _Stream:
         unedited = self.score(self.stream, None, "scoring unedited")
         self.unedited_seconds = time.perf_counter() - self.started
         self.unedited_table = _score_frame(unedited)
-        self.unedited_predictions = unedited.predictions
+        self.unedited_reference = unedited.reference
         self.n_forwards = unedited.n_forwards
         self.save()
 
@@ -366,7 +367,7 @@ class _Stream:
             "per_edit": self.edit_log,
             "curve": self.curve_rows,
             "unedited": self.unedited_table,
-            "unedited_predictions": self.unedited_predictions,
+            "unedited_reference": self.unedited_reference.to_state(),
             "n_forwards": self.n_forwards,
             "unedited_seconds": self.unedited_seconds,
             "rng": _rng_state(),
@@ -425,7 +426,7 @@ class _Stream:
         sample = curve_sample_indices(self.done, self.settings.curve_sample, self.settings.seed)
         scores = self.score(
             [self.stream[i] for i in sample],
-            [self.unedited_predictions[i] for i in sample],
+            self.unedited_reference.subset(sample),
             f"curve at {self.done}",
             bar=False,  # short, and would interleave with the stream's bar
         )
@@ -464,7 +465,7 @@ class _Stream:
         """The final O(T) scoring, the last curve point, and the metrics and tables."""
         import pandas as pd
 
-        final = self.score(self.stream, self.unedited_predictions, "scoring edited")
+        final = self.score(self.stream, self.unedited_reference, "scoring edited")
         self.n_forwards += final.n_forwards
         if self.total in self.checkpoints:
             sample = curve_sample_indices(
@@ -509,7 +510,7 @@ class _Stream:
         )
 
     def _unedited_columns(self) -> list[str]:
-        return [c for c in self.columns if c != AGREEMENT]
+        return [c for c in self.columns if c not in REFERENCE_COLUMNS]
 
     def _metrics(self, final: pd.DataFrame, unedited: pd.DataFrame) -> dict[str, float]:
         num_pre = min(self.settings.num_pre, self.total)

@@ -73,7 +73,7 @@ def run_identity(path: str | os.PathLike[str]) -> dict[str, str | int]:
 
 
 def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The tidy metrics table (values in [0, 1]), checked and typed."""
+    """The tidy metrics table (rates in [0, 1], KL divergences in nats), checked and typed."""
     import pandas as pd
 
     frame = read_csv(path, METRICS_COLUMNS)
