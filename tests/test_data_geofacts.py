@@ -141,3 +141,24 @@ def test_raw_files_read_back_with_the_real_readers(tmp_path):
         assert all(r.format == fmt and r.relation in RELATIONS for r in records)
         if fmt == "counterfact":
             assert all(r.edit.old == r.equiv.old == r.unrel.target for r in records)
+
+
+def test_unrelated_answers_share_no_word_with_the_edited_answers(built):
+    def words(text):
+        return set(re.findall(r"\w+", text.lower()))
+
+    for split in ("train", "eval"):
+        for record in built["zsre", split]:
+            edited = words(record["alt"]) | words(record["pred"])
+            assert not words(record["loc_ans"]) & edited, record
+
+
+@pytest.mark.slow
+def test_a_long_eval_stream_takes_more_than_half_of_the_cities():
+    """The 20,000-edit stream needs most city facts in eval; train and eval stay disjoint."""
+    records = build_geofacts(0, n_eval=21000, max_per_relation=None)
+    eval_subjects = {r["subject"] for r in records["zsre", "eval"]}
+    train_subjects = {r["subject"] for r in records["zsre", "train"]}
+    assert len(records["zsre", "eval"]) == 21000
+    assert not eval_subjects & train_subjects
+    assert len(records["zsre", "train"]) > 10000

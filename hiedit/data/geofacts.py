@@ -32,8 +32,10 @@ import functools
 import importlib.util
 import json
 import logging
+import math
 import os
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -259,23 +261,36 @@ def _walk_pairs(
     weight: dict[str, int],
     assignment: dict[str, str],
     rng: random.Random,
+    share: float = 0.5,
 ) -> int:
-    """Assign not-yet-assigned ``subjects`` in ranked pairs, one of each pair to eval, until the
-    eval side holds ``target`` facts; the rest go to train. Returns the eval facts added."""
+    """Assign not-yet-assigned ``subjects`` in ranked blocks, a ``share`` of each block to eval
+    (one of each pair at the default one half), until the eval side holds ``target`` facts; the
+    rest go to train. Returns the eval facts added.
+
+    A share above one half (blocks of twenty) serves long eval streams, which need more subjects
+    than half of a relation holds; the half-and-half walk is unchanged by it.
+    """
     pending = [s for s in subjects if s not in assignment]
+    size, to_eval = (2, 1) if share <= 0.5 else (20, min(19, math.ceil(20 * share)))
     taken = 0
-    for i in range(0, len(pending), 2):
-        pair = pending[i : i + 2]
+    for i in range(0, len(pending), size):
+        block = pending[i : i + size]
         if taken >= target:
-            for s in pair:
+            for s in block:
                 assignment[s] = "train"
             continue
-        rng.shuffle(pair)
-        assignment[pair[0]] = "eval"
-        taken += weight[pair[0]]
-        if len(pair) == 2:
-            assignment[pair[1]] = "train"
+        rng.shuffle(block)
+        chosen = block[:to_eval] if len(block) > 1 else block
+        for s in block:
+            assignment[s] = "eval" if s in chosen else "train"
+        taken += sum(weight[s] for s in chosen)
     return taken
+
+
+def _share(subjects: Sequence[str], target: int, weight: dict[str, int]) -> float:
+    """The eval share a kind of subject needs to supply ``target`` facts (at least one half)."""
+    available = sum(weight[s] for s in subjects)
+    return 0.5 if available == 0 else min(0.95, max(0.5, target / available))
 
 
 def split_facts(facts: Sequence[Fact], n_eval: int, seed: int) -> tuple[list[Fact], list[Fact]]:
@@ -302,8 +317,13 @@ def split_facts(facts: Sequence[Fact], n_eval: int, seed: int) -> tuple[list[Fac
     region_target = min(rest // 2, region_cap)
     city_target = min(rest - region_target, city_cap)
     region_target = min(rest - city_target, region_cap)
-    _walk_pairs(ranked["city"], city_target, weight, assignment, rng)
-    _walk_pairs(ranked["region"], region_target, weight, assignment, rng)
+    # A long stream needs more than half of the cities (and regions) in eval.
+    long_city = max(rest - city_target - region_target, 0)
+    city_target += long_city
+    city_share = _share(ranked["city"], city_target, weight) if long_city else 0.5
+    _walk_pairs(ranked["city"], city_target, weight, assignment, rng, city_share)
+    region_share = _share(ranked["region"], region_target, weight) if long_city else 0.5
+    _walk_pairs(ranked["region"], region_target, weight, assignment, rng, region_share)
 
     kind_order = {"country": 0, "city": 1, "region": 2}
     position = {s: i for kind in ranked for i, s in enumerate(ranked[kind])}
@@ -333,14 +353,29 @@ def _counterfactuals(facts: Sequence[Fact], seed: int) -> dict[Fact, tuple[str, 
     return result
 
 
+def _words(texts: Iterable[str]) -> set[str]:
+    return {w for text in texts for w in re.findall(r"\w+", text.lower())}
+
+
 def _unrelated(
-    fact: Fact, by_relation: dict[str, list[Fact]], rng: random.Random, fallback: Sequence[Fact]
+    fact: Fact,
+    new_object: str,
+    by_relation: dict[str, list[Fact]],
+    rng: random.Random,
+    fallback: Sequence[Fact],
 ) -> Fact:
-    """A fact about another subject with other answers, from another relation when the split has
-    one; a split too small to hold one (a tiny eval stream) borrows from ``fallback``."""
+    """A fact about another subject whose answers share no word with the fact's true answers or
+    its new (counterfactual) object, from another relation when the split has one; a split too
+    small to hold one (a tiny eval stream) borrows from ``fallback``.
+
+    Sharing a word ("Republic of the Congo" / "Democratic Republic of the Congo", "Guinea" /
+    "Guinea-Bissau") would let an edit move the unrelated answer for lexical reasons, which a
+    locality metric must not count.
+    """
+    edited = _words((*fact.answers, new_object))
 
     def unrelated(candidate: Fact) -> bool:
-        return candidate.subject != fact.subject and not set(candidate.answers) & set(fact.answers)
+        return candidate.subject != fact.subject and not _words(candidate.answers) & edited
 
     others = [r for r in sorted(by_relation) if r != fact.relation] or [fact.relation]
     for _ in range(100):
@@ -429,7 +464,8 @@ def build_geofacts(
             by_answer[f.answer].append(f)
         zsre, counterfact = [], []
         for f in split_facts_:
-            zsre.append(zsre_record(f, new_objects[f][0], _unrelated(f, by_relation, rng, facts)))
+            new = new_objects[f][0]
+            zsre.append(zsre_record(f, new, _unrelated(f, new, by_relation, rng, facts)))
             neighbours = _neighbours(f, by_answer, rng)
             if neighbours:
                 counterfact.append(
