@@ -73,6 +73,14 @@ class TrainingConfig:
     pathwise_gradient: bool
     score_function: bool
     trainable: str
+    validation_size: int
+    validation_edits: int
+    validate_every: int
+    patience: int
+    step_search_min: float
+    step_search_max: float
+    step_search_passes: int
+    warmup_records: int
     checkpoint_every: int
 
 
@@ -174,6 +182,16 @@ class JobConfig:
         for section in SECTIONS:
             _check_section(section, job[section], section)
         spec = registry.get(job["variant"])  # an unknown variant names itself
+        for section, fixed in (
+            ("editor", spec.editor_overrides),
+            ("training", spec.training_overrides),
+        ):
+            for key, value in fixed.items():
+                if job[section].get(key) != value:
+                    raise ConfigError(
+                        f"config key '{section}.{key}': variant {spec.name!r} runs with "
+                        f"{value!r}, the job says {job[section].get(key)!r}"
+                    )
         baselines = job.get("baselines") or {}
         if spec.baseline is not None:
             if spec.baseline not in baselines:

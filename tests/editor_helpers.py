@@ -83,6 +83,14 @@ def tiny_job(variant: str = "hiedit", **sections: dict[str, Any]) -> dict[str, A
             "pathwise_gradient": True,
             "score_function": True,
             "trainable": "all",
+            "validation_size": 0,
+            "validation_edits": 4,
+            "validate_every": 1,
+            "patience": 0,
+            "step_search_min": 1e-4,
+            "step_search_max": 1e-2,
+            "step_search_passes": 1,
+            "warmup_records": 4,
             "checkpoint_every": 1,
         },
         "evaluation": {
@@ -94,6 +102,11 @@ def tiny_job(variant: str = "hiedit", **sections: dict[str, Any]) -> dict[str, A
             "static_k_modules": [],
         },
     }
+    from hiedit import registry
+
+    spec = registry.get(variant)  # what the variant fixes, as hiedit.config.job_config writes it
+    job["editor"].update(spec.editor_overrides)
+    job["training"].update(spec.training_overrides)
     for section, values in sections.items():
         job[section].update(values)
     return copy.deepcopy(job)

@@ -190,3 +190,13 @@ def test_nested_command_line_overrides_are_typed_before_validation(config):
     bad["evaluation"] = {**bad["evaluation"], "n_edits": "five"}
     with pytest.raises(ConfigError, match="'evaluation.n_edits'"):
         validate_config(bad)
+
+
+def test_a_job_contradicting_its_variant_is_refused(config):
+    from hiedit.config import JobConfig
+
+    resolved = resolve_setup(config, "smoke")
+    job = job_config(config, resolved, "tiny-llama", "geofacts-zsre", "step-only", 0)
+    job["training"]["trainable"] = "all"
+    with pytest.raises(ConfigError, match="'training.trainable': variant 'step-only' runs with"):
+        JobConfig.from_dict(job)

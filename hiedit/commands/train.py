@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue the unfinished run whose checkpoint is <out>.partial",
     )
     parser.add_argument("--log-curve", help="per-step loss CSV (default: <out stem>.loss.csv)")
+    parser.add_argument(
+        "--log-validation",
+        help="validation CSV (default: <out stem>.validation.csv; written when the job has a "
+        "validation slice)",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -56,6 +61,7 @@ def run_train(args: argparse.Namespace) -> int:
     from hiedit.config import read_job_config
     from hiedit.data import check_fits_model, read_split
     from hiedit.editor import load_editor
+    from hiedit.editor.step_search import search_step_sizes
     from hiedit.editor.trainer import train_editor
     from hiedit.evaluation.runinfo import collect_runinfo
     from hiedit.models import load_model
@@ -71,16 +77,29 @@ def run_train(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(job.model, device=device)
     check_fits_model(tokenizer, records, model, args.train_data)
     editor = load_editor(job, model, tokenizer, None)
-    result = train_editor(
-        editor,
-        records,
-        args.out,
-        resume=args.resume,
-        log_path=args.log_curve,
-        progress=not args.no_progress,
-    )
+    fit = job.variant_spec.fit
+    if fit == "step_search":
+        search_step_sizes(
+            editor,
+            records,
+            args.out,
+            log_path=args.log_curve,
+            validation_path=args.log_validation,
+        )
+        steps = []
+    elif fit == "trajectories":
+        steps = train_editor(
+            editor,
+            records,
+            args.out,
+            resume=args.resume,
+            log_path=args.log_curve,
+            validation_path=args.log_validation,
+            progress=not args.no_progress,
+        ).rows
+    else:
+        raise ConfigError(f"variant {job.variant!r} fits nothing: evaluate it with --untrained")
     seconds = time.perf_counter() - started
-    steps = result.rows
     info = collect_runinfo(
         seeds={"seed": job.seed},
         device=device,
@@ -93,5 +112,5 @@ def run_train(args: argparse.Namespace) -> int:
         },
     )
     write_json(Path(args.out).with_name(Path(args.out).name + ".runinfo.json"), info, default=str)
-    log.info("wrote %s and %s (%.1f s)", result.checkpoint, result.log_path, seconds)
+    log.info("wrote %s (%.1f s)", args.out, seconds)
     return 0

@@ -43,6 +43,12 @@ from hiedit.editor.lowlevel import Factors
 from hiedit.editor.prefix import PrefixCache
 from hiedit.editor.router import gumbel_topk, straight_through, topk_mask
 from hiedit.editor.sidepath import side_path
+from hiedit.editor.validation import (
+    VALIDATION_COLUMNS,
+    EarlyStopping,
+    ValidationStream,
+    split_validation,
+)
 from hiedit.errors import ConfigError, NonFiniteError
 
 log = logging.getLogger(__name__)
@@ -377,7 +383,9 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
 
-    def checkpoint_state(self, complete: bool) -> dict[str, Any]:
+    def checkpoint_state(
+        self, complete: bool, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         editor = self.editor
         return {
             "kind": CHECKPOINT_KIND,
@@ -395,6 +403,7 @@ class Trainer:
                 else self.router_optimizer.state_dict(),
                 "sampler": self.sampler.get_state(),
                 "rows": self.rows,
+                **(extra or {}),
             },
         }
 
@@ -433,12 +442,8 @@ class Trainer:
 
 
 def write_log(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_COLUMNS})
-    return Path(path)
+    """The per-step loss log (:data:`LOG_COLUMNS`)."""
+    return write_rows(rows, path, LOG_COLUMNS)
 
 
 def train_editor(
@@ -448,10 +453,17 @@ def train_editor(
     *,
     resume: bool = False,
     log_path: str | os.PathLike[str] | None = None,
+    validation_path: str | os.PathLike[str] | None = None,
     stop_after: int | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train ``editor``'s networks on ``records`` and write the checkpoint ``out`` and a loss CSV.
+
+    With ``training.validation_size`` > 0 a subject-disjoint slice of ``records`` is held out
+    (:mod:`hiedit.editor.validation`): before training and every ``validate_every`` trajectories
+    a validation stream is run and logged (``validation_path``, default
+    ``<out stem>.validation.csv``); the checkpoint holds the networks of the best validation, and
+    training stops once ``patience`` validations in a row did not improve on it.
 
     Unfinished checkpoints go to :func:`partial_path` (``<out>.partial``), never to ``out``: a
     workflow treats ``out`` as the finished result and deletes it when a job fails. With
@@ -462,15 +474,48 @@ def train_editor(
     out = Path(out)
     partial = partial_path(out)
     log_path = Path(log_path) if log_path is not None else default_log_path(out)
-    trainer = Trainer(editor, records)
-    cfg = trainer.cfg
+    validation_path = (
+        Path(validation_path) if validation_path is not None else default_validation_path(out)
+    )
+    train_records, held_out = split_validation(records, editor.job.training.validation_size)
+    trainer = Trainer(editor, train_records)
+    validation = _Validation(editor, held_out) if held_out else None
     if resume and partial.is_file():
         state = torch.load(partial, map_location=editor.device, weights_only=False)
         trainer.restore(state, str(partial))
+        if validation is not None:
+            validation.restore(state["progress"]["validation"])
         log.info("resuming %s at trajectory %d", partial, trainer.trajectory)
+
+    def save_partial() -> None:
+        extra = {"validation": None if validation is None else validation.early.state()}
+        save_torch(partial, trainer.checkpoint_state(complete=False, extra=extra))
+        write_log(trainer.rows, log_path)
+
+    stopped = _run_trajectories(trainer, validation, stop_after, progress, save_partial)
+    complete = stopped or trainer.trajectory >= trainer.cfg.n_trajectories
+    if not complete:
+        save_partial()
+        return TrainResult(partial, log_path, trainer.rows)
+    if validation is not None:
+        validation.finish(validation_path)
+    else:  # the workflow expects the file: an empty log says no validation ran
+        write_rows([], validation_path, VALIDATION_COLUMNS)
+    if editor.router is not None and editor.selection_counts is None:
+        editor.selection_counts = trainer.count_selections(trainer.cfg.trajectory_length)
+    save_torch(out, trainer.checkpoint_state(complete=True))
+    write_log(trainer.rows, log_path)
+    partial.unlink(missing_ok=True)
+    return TrainResult(out, log_path, trainer.rows)
+
+
+def _run_trajectories(trainer, validation, stop_after, progress, save_partial) -> bool:
+    """Train trajectory by trajectory (validating on schedule); True when stopped early."""
+    cfg, editor = trainer.cfg, trainer.editor
     total = cfg.n_trajectories
     end = total if stop_after is None else min(total, stop_after)
-    every = cfg.checkpoint_every
+    if validation is not None and trainer.trajectory == 0 and not validation.early.rows:
+        validation.check(0)  # the networks before training: the reference point of the curve
     bar = tqdm(
         range(trainer.trajectory, end),
         desc=f"train {editor.variant.name}",
@@ -488,20 +533,62 @@ def train_editor(
             mean_loss,
             sum(r["seconds"] for r in rows) / len(rows),
         )
-        if trainer.trajectory % every == 0 and trainer.trajectory < total:
-            save_torch(partial, trainer.checkpoint_state(complete=False))
-            write_log(trainer.rows, log_path)
-    complete = trainer.trajectory >= total
-    if not complete:
-        save_torch(partial, trainer.checkpoint_state(complete=False))
-        write_log(trainer.rows, log_path)
-        return TrainResult(partial, log_path, trainer.rows)
-    if editor.router is not None and editor.selection_counts is None:
-        editor.selection_counts = trainer.count_selections(cfg.trajectory_length)
-    save_torch(out, trainer.checkpoint_state(complete=True))
-    write_log(trainer.rows, log_path)
-    partial.unlink(missing_ok=True)
-    return TrainResult(out, log_path, trainer.rows)
+        due = trainer.trajectory % cfg.validate_every == 0 or trainer.trajectory == total
+        if validation is not None and due and validation.check(trainer.trajectory):
+            bar.close()
+            log.info("validation stopped improving: training stops early")
+            return True
+        if trainer.trajectory % cfg.checkpoint_every == 0 and trainer.trajectory < total:
+            save_partial()
+    return False
+
+
+class _Validation:
+    """The held-out slice, its stream and the early-stopping state of one training run."""
+
+    def __init__(self, editor: HiEditor, records: Sequence[EditRecord]) -> None:
+        cfg = editor.job.training
+        self.editor = editor
+        self.stream = ValidationStream(
+            editor, records, cfg.validation_edits, editor.job.evaluation.batch_size
+        )
+        self.early = EarlyStopping(cfg.patience)
+
+    def check(self, trajectory: int) -> bool:
+        metrics = self.stream.run()
+        return self.early.record(trajectory, metrics, self.editor.network_state())
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.early = EarlyStopping.from_state(state)
+
+    def finish(self, path: Path) -> None:
+        """Keep the best validated networks and write the validation log."""
+        if self.early.best_networks is not None:
+            self.editor.load_network_state(self.early.best_networks)
+        write_rows(self.early.rows, path)
+
+
+def default_validation_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """The validation CSV next to a checkpoint: ``editor.pt`` -> ``editor.validation.csv``."""
+    path = Path(checkpoint)
+    return path.with_name(path.stem + ".validation.csv")
+
+
+def write_rows(
+    rows: Sequence[dict[str, Any]],
+    path: str | os.PathLike[str],
+    columns: Sequence[str] | None = None,
+) -> Path:
+    """A list of dicts as CSV, atomically (default columns: first-seen order; None is empty)."""
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+    return Path(path)
 
 
 def partial_path(out: str | os.PathLike[str]) -> Path:

@@ -151,6 +151,7 @@ class StreamResult:
     state_saves: int = 0  # saves of the stream state made by this process
     state_bytes: int = 0  # bytes those saves wrote
     state_folder: StateFolder | None = None
+    unedited: Scores | None = None  # the unedited model's scores (not after a resume)
 
     def remove_state(self) -> None:
         """Delete the stream's saved state (once its results are safely written)."""
@@ -286,17 +287,20 @@ def run_stream(
     state_dir: str | os.PathLike[str] | None = None,
     fingerprint: Mapping[str, Any] | None = None,
     progress: bool = True,
+    unedited: Scores | None = None,
 ) -> StreamResult:
     """Run the sequential protocol (module docstring) on the first ``settings.n_edits`` records.
 
     ``state_dir``: where periodic state is kept and resumed from; ``fingerprint``: what else
     identifies the inputs (job configuration, data, checkpoint) so that a state folder written
-    for something else is refused rather than silently continued.
+    for something else is refused rather than silently continued. ``unedited``: the unedited
+    model's scores of these records from an earlier stream (:attr:`StreamResult.unedited`), so
+    that repeated streams on the same records (validation) score the unedited model once.
     """
     run = _Stream(editor, model, tokenizer, records, settings, progress)
     if state_dir is not None:
         run.attach_state(state_dir, fingerprint or {})
-    run.start()
+    run.start(unedited)
     run.edit_all()
     return run.assemble()
 
@@ -329,6 +333,7 @@ class _Stream:
         self.edit_log: list[dict[str, Any]] = []
         self.curve_rows: list[dict[str, Any]] = []
         self.last_save = time.perf_counter()
+        self.unedited: Scores | None = None
 
     def attach_state(self, state_dir, fingerprint: Mapping[str, Any]) -> None:
         full_fingerprint = {
@@ -339,7 +344,7 @@ class _Stream:
         }
         self.folder = StateFolder(state_dir, full_fingerprint)
 
-    def start(self) -> None:
+    def start(self, unedited: Scores | None = None) -> None:
         """Resume from the state folder, or score the unedited model (and save that)."""
         saved = self.folder.load() if self.folder is not None else None
         if saved is not None:
@@ -354,11 +359,14 @@ class _Stream:
             self.unedited_seconds = float(saved["unedited_seconds"])
             log.info("resuming the stream after %d of %d edits", self.done, self.total)
             return
-        unedited = self.score(self.stream, None, "scoring unedited")
+        reused = unedited is not None and len(unedited.frame) == self.total
+        if not reused:
+            unedited = self.score(self.stream, None, "scoring unedited")
+        self.unedited = unedited
         self.unedited_seconds = time.perf_counter() - self.started
         self.unedited_table = _score_frame(unedited)
         self.unedited_reference = unedited.reference
-        self.n_forwards = unedited.n_forwards
+        self.n_forwards = 0 if reused else unedited.n_forwards
         self.save()
 
     def snapshot(self) -> dict[str, Any]:
@@ -507,6 +515,7 @@ class _Stream:
             state_saves=0 if self.folder is None else self.folder.saves,
             state_bytes=0 if self.folder is None else self.folder.bytes_written,
             state_folder=self.folder,
+            unedited=self.unedited,
         )
 
     def _unedited_columns(self) -> list[str]:

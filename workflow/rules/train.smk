@@ -22,6 +22,7 @@ rule train_editor:
     output:
         editor="results/editors/{model}/{dataset}/{variant}/seed{seed}/editor.pt",
         curve="results/editors/{model}/{dataset}/{variant}/seed{seed}/train_log.csv",
+        validation="results/editors/{model}/{dataset}/{variant}/seed{seed}/validation.csv",
     log:
         "results/logs/train_editor/{model}/{dataset}/{variant}/seed{seed}.log",
     benchmark:
@@ -34,4 +35,5 @@ rule train_editor:
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
     shell:
         "python -m hiedit train --run-config {input.cfg} --train-data {input.train}"
-        " --out {output.editor} --log-curve {output.curve} --resume --no-progress --threads {threads} > {log} 2>&1"
+        " --out {output.editor} --log-curve {output.curve} --log-validation {output.validation}"
+        " --resume --no-progress --threads {threads} > {log} 2>&1"
