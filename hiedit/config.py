@@ -427,7 +427,12 @@ def resolve_setup(config: Mapping[str, Any], setup: str | None = None) -> dict[s
         + [f"{registry.K_SWEEP_PREFIX}{k}" for k in chosen.get("k_sweep", [])],
         "seeds": list(chosen["seeds"]),
         "geofacts_eval": chosen.get("geofacts_eval", 0),
+        "geofacts_extra_eval": chosen.get("geofacts_extra_eval", 0),
+        "geofacts_max_per_relation": chosen.get("geofacts_max_per_relation", 3000),
         "job_threads": int(chosen.get("job_threads", 2)),
+        "results": chosen.get("results_dir", "results"),
+        "variant_seeds": {v: list(seeds) for v, seeds in chosen.get("variant_seeds", {}).items()},
+        "long_stream": copy.deepcopy(chosen.get("long_stream")),
     }
     overrides = chosen.get("overrides", {})
     for section in SECTIONS:

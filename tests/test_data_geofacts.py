@@ -154,11 +154,13 @@ def test_unrelated_answers_share_no_word_with_the_edited_answers(built):
 
 
 @pytest.mark.slow
-def test_a_long_eval_stream_takes_more_than_half_of_the_cities():
-    """The 20,000-edit stream needs most city facts in eval; train and eval stay disjoint."""
-    records = build_geofacts(0, n_eval=21000, max_per_relation=None)
-    eval_subjects = {r["subject"] for r in records["zsre", "eval"]}
-    train_subjects = {r["subject"] for r in records["zsre", "train"]}
-    assert len(records["zsre", "eval"]) == 21000
-    assert not eval_subjects & train_subjects
-    assert len(records["zsre", "train"]) > 10000
+def test_a_long_eval_stream_extends_the_balanced_one_without_touching_it():
+    """The 20,000-edit stream: the balanced eval records first, then facts moved from train."""
+    short = build_geofacts(0, n_eval=300, max_per_relation=None)
+    long = build_geofacts(0, n_eval=300, max_per_relation=None, n_extra=21000)
+    for fmt in ("zsre", "counterfact"):
+        head = short[fmt, "eval"]
+        assert long[fmt, "eval"][: len(head)] == head
+        assert not _subjects(long[fmt, "eval"], fmt) & _subjects(long[fmt, "train"], fmt)
+    assert len(long["zsre", "eval"]) == 300 + 21000
+    assert len(long["zsre", "train"]) > 10000

@@ -67,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     geo.add_argument("--n-eval", type=int, default=None, help="eval facts (default 2000)")
     geo.add_argument(
+        "--n-extra",
+        type=int,
+        default=0,
+        help="more eval facts, moved from train (cities, then regions) and placed after the "
+        "balanced eval facts, for a long stream (default 0)",
+    )
+    geo.add_argument(
         "--max-per-relation",
         type=int,
         default=None,
@@ -232,7 +239,12 @@ def run_geofacts(args: argparse.Namespace) -> int:
         else (args.max_per_relation or None)
     )
     stats = write_geofacts(
-        args.out_dir, seed=args.seed, n_eval=n_eval, max_per_relation=cap, stats_path=args.stats
+        args.out_dir,
+        seed=args.seed,
+        n_eval=n_eval,
+        max_per_relation=cap,
+        stats_path=args.stats,
+        n_extra=args.n_extra,
     )
     print(f"geofacts written to {args.out_dir} (seed {args.seed})")
     for fmt, by_split in stats["per_relation"].items():

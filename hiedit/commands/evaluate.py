@@ -12,7 +12,8 @@
   metrics above at ``n_edits`` = the stream length, and the learning-curve points as
   ``curve_<metric>`` at each checkpoint's ``n_edits``;
 * ``per_edit.csv``: ``index, record_id, relation, selected`` (';'-joined module names),
-  ``n_selected, seconds`` (the editor's), ``wall_seconds``, the editor's phases
+  ``turn`` (the edit_records call), ``n_selected, seconds`` (the editor's), ``wall_seconds``,
+  ``rss_mib`` (resident memory after the edit), the editor's phases
   ``capture_seconds, route_seconds, update_seconds, commit_seconds``, the record's metric values
   after the stream and its ``unedited_*`` values;
 * ``curve.csv``: ``n_edits, n_scored`` and the sample's metrics per checkpoint;

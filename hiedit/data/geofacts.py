@@ -32,7 +32,6 @@ import functools
 import importlib.util
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -261,36 +260,60 @@ def _walk_pairs(
     weight: dict[str, int],
     assignment: dict[str, str],
     rng: random.Random,
-    share: float = 0.5,
 ) -> int:
-    """Assign not-yet-assigned ``subjects`` in ranked blocks, a ``share`` of each block to eval
-    (one of each pair at the default one half), until the eval side holds ``target`` facts; the
-    rest go to train. Returns the eval facts added.
-
-    A share above one half (blocks of twenty) serves long eval streams, which need more subjects
-    than half of a relation holds; the half-and-half walk is unchanged by it.
-    """
+    """Assign not-yet-assigned ``subjects`` in ranked pairs, one of each pair to eval, until the
+    eval side holds ``target`` facts; the rest go to train. Returns the eval facts added."""
     pending = [s for s in subjects if s not in assignment]
-    size, to_eval = (2, 1) if share <= 0.5 else (20, min(19, math.ceil(20 * share)))
     taken = 0
-    for i in range(0, len(pending), size):
-        block = pending[i : i + size]
+    for i in range(0, len(pending), 2):
+        pair = pending[i : i + 2]
         if taken >= target:
-            for s in block:
+            for s in pair:
                 assignment[s] = "train"
             continue
-        rng.shuffle(block)
-        chosen = block[:to_eval] if len(block) > 1 else block
-        for s in block:
-            assignment[s] = "eval" if s in chosen else "train"
-        taken += sum(weight[s] for s in chosen)
+        rng.shuffle(pair)
+        assignment[pair[0]] = "eval"
+        taken += weight[pair[0]]
+        if len(pair) == 2:
+            assignment[pair[1]] = "train"
     return taken
 
 
-def _share(subjects: Sequence[str], target: int, weight: dict[str, int]) -> float:
-    """The eval share a kind of subject needs to supply ``target`` facts (at least one half)."""
-    available = sum(weight[s] for s in subjects)
-    return 0.5 if available == 0 else min(0.95, max(0.5, target / available))
+def extend_eval(
+    train_facts: Sequence[Fact], n_extra: int, seed: int
+) -> tuple[list[Fact], list[Fact]]:
+    """``(extra_eval, train)``: whole subjects of the train facts (cities first, then regions,
+    in a seeded order) moved to an extra eval part of ``n_extra`` facts.
+
+    A long stream (the paper's 20,000 edits) needs more facts than the balanced split gives
+    eval. The balanced eval split stays as it is and comes first in the stream; the extra part
+    follows it, so a short stream and a long one start with the same edits, and train and eval
+    never share a subject.
+    """
+    if n_extra <= 0:
+        return [], list(train_facts)
+    rng = _rng(seed, "extend")
+    subjects: dict[str, list[str]] = defaultdict(list)
+    weight: dict[str, int] = Counter()
+    for f in train_facts:
+        if f.subject not in weight:
+            subjects[f.kind].append(f.subject)
+        weight[f.subject] += 1
+    moved: set[str] = set()
+    taken = 0
+    for kind in ("city", "region"):
+        pool = sorted(subjects[kind])
+        rng.shuffle(pool)
+        for subject in pool:
+            if taken >= n_extra:
+                break
+            moved.add(subject)
+            taken += weight[subject]
+    extra = [f for f in train_facts if f.subject in moved][:n_extra]
+    if len(extra) < n_extra:
+        log.warning("only %d extra eval facts available (asked for %d)", len(extra), n_extra)
+    rng.shuffle(extra)
+    return extra, [f for f in train_facts if f.subject not in moved]
 
 
 def split_facts(facts: Sequence[Fact], n_eval: int, seed: int) -> tuple[list[Fact], list[Fact]]:
@@ -317,13 +340,8 @@ def split_facts(facts: Sequence[Fact], n_eval: int, seed: int) -> tuple[list[Fac
     region_target = min(rest // 2, region_cap)
     city_target = min(rest - region_target, city_cap)
     region_target = min(rest - city_target, region_cap)
-    # A long stream needs more than half of the cities (and regions) in eval.
-    long_city = max(rest - city_target - region_target, 0)
-    city_target += long_city
-    city_share = _share(ranked["city"], city_target, weight) if long_city else 0.5
-    _walk_pairs(ranked["city"], city_target, weight, assignment, rng, city_share)
-    region_share = _share(ranked["region"], region_target, weight) if long_city else 0.5
-    _walk_pairs(ranked["region"], region_target, weight, assignment, rng, region_share)
+    _walk_pairs(ranked["city"], city_target, weight, assignment, rng)
+    _walk_pairs(ranked["region"], region_target, weight, assignment, rng)
 
     kind_order = {"country": 0, "city": 1, "region": 2}
     position = {s: i for kind in ranked for i, s in enumerate(ranked[kind])}
@@ -445,35 +463,45 @@ def build_geofacts(
     seed: int,
     n_eval: int = DEFAULT_N_EVAL,
     max_per_relation: int | None = DEFAULT_MAX_PER_RELATION,
+    n_extra: int = 0,
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Raw records keyed by (format, split), e.g. ``("zsre", "eval")``, in the real file formats.
 
-    Deterministic for a seed. ``n_eval`` bounds the eval facts (the CounterFact eval file is
-    smaller: facts without a same-object neighbour are left out of that format).
+    Deterministic for a seed. ``n_eval`` bounds the balanced eval facts (the CounterFact eval
+    file is smaller: facts without a same-object neighbour are left out of that format);
+    ``n_extra`` more eval facts, moved from train by :func:`extend_eval`, follow them in the
+    eval files (each part's unrelated and neighbour prompts are drawn from its own facts, so
+    the balanced part is the same with or without the extra one).
     """
     facts = collect_facts(seed, max_per_relation)
     eval_facts, train_facts = split_facts(facts, n_eval, seed)
+    extra_facts, train_facts = extend_eval(train_facts, n_extra, seed)
     new_objects = _counterfactuals(facts, seed)
+    parts = {"train": [train_facts], "eval": [eval_facts, extra_facts]}
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for split, split_facts_ in (("train", train_facts), ("eval", eval_facts)):
-        rng = _rng(seed, f"records:{split}")
-        by_relation: dict[str, list[Fact]] = defaultdict(list)
-        by_answer: dict[str, list[Fact]] = defaultdict(list)
-        for f in split_facts_:
-            by_relation[f.relation].append(f)
-            by_answer[f.answer].append(f)
+    for split, pools in parts.items():
         zsre, counterfact = [], []
-        for f in split_facts_:
-            new = new_objects[f][0]
-            zsre.append(zsre_record(f, new, _unrelated(f, new, by_relation, rng, facts)))
-            neighbours = _neighbours(f, by_answer, rng)
-            if neighbours:
-                counterfact.append(
-                    counterfact_record(len(counterfact), f, new_objects[f], neighbours)
-                )
+        for number, pool in enumerate(pools):
+            rng = _rng(seed, f"records:{split}" + (f":{number}" if number else ""))
+            _records(pool, new_objects, rng, facts, zsre, counterfact)
         out["zsre", split] = zsre
         out["counterfact", split] = counterfact
     return out
+
+
+def _records(pool, new_objects, rng, fallback, zsre: list, counterfact: list) -> None:
+    """Append the ZsRE and CounterFact records of the facts in ``pool`` (prompts from the pool)."""
+    by_relation: dict[str, list[Fact]] = defaultdict(list)
+    by_answer: dict[str, list[Fact]] = defaultdict(list)
+    for f in pool:
+        by_relation[f.relation].append(f)
+        by_answer[f.answer].append(f)
+    for f in pool:
+        new = new_objects[f][0]
+        zsre.append(zsre_record(f, new, _unrelated(f, new, by_relation, rng, fallback)))
+        neighbours = _neighbours(f, by_answer, rng)
+        if neighbours:
+            counterfact.append(counterfact_record(len(counterfact), f, new_objects[f], neighbours))
 
 
 def relation_counts(
@@ -508,12 +536,13 @@ def write_geofacts(
     n_eval: int = DEFAULT_N_EVAL,
     max_per_relation: int | None = DEFAULT_MAX_PER_RELATION,
     stats_path: str | os.PathLike[str] | None = None,
+    n_extra: int = 0,
 ) -> dict[str, Any]:
     """Write ``{zsre,counterfact}_{train,eval}.json`` into ``out_dir`` and the stats (parameters
     and record counts per relation) to ``stats_path`` (default ``out_dir/stats.json``), each
     atomically; returns the stats."""
     out_dir = Path(out_dir)
-    records = build_geofacts(seed, n_eval, max_per_relation)
+    records = build_geofacts(seed, n_eval, max_per_relation, n_extra)
     for key, name in RAW_FILES.items():
         write_json(out_dir / name, records[key], indent=None)
     counts = relation_counts(records)
@@ -523,6 +552,7 @@ def write_geofacts(
         "sources": source_versions(),
         "seed": seed,
         "n_eval": n_eval,
+        "n_extra": n_extra,
         "max_per_relation": max_per_relation,
         "records": {
             fmt: {split: sum(c.values()) for split, c in by_split.items()}

@@ -272,6 +272,13 @@ class StateFolder:
             self.folder.rmdir()
 
 
+def _rss_mib() -> float:
+    """This process's resident memory now (MiB): logged per edit, so growth shows along a stream."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def _score_frame(scores: Scores) -> dict[str, list[float]]:
     # Plain lists: the progress file is loaded with ``weights_only=True``.
     return {column: scores.frame[column].tolist() for column in scores.frame.columns}
@@ -412,6 +419,7 @@ class _Stream:
             for name, value in getattr(step, "phases", {}).items()
         }
         turn = start // self.per_call
+        rss = _rss_mib()
         for offset, record in enumerate(records):
             self.edit_log.append(
                 {
@@ -423,6 +431,7 @@ class _Stream:
                     "n_selected": len(step.selected),
                     "seconds": float(step.seconds) * share,
                     "wall_seconds": wall,
+                    "rss_mib": rss,
                     # Editors that time their phases (HiEditor does) get one column per phase.
                     **phases,
                 }

@@ -10,9 +10,9 @@ rule bench_editor_speed:
         train=expand(rules.prepare_data.output.train, dataset=SETUP["datasets"][0]),
         eval=expand(rules.prepare_data.output.eval, dataset=SETUP["datasets"][0]),
     output:
-        csv="results/bench/editor_speed/{model}.csv",
+        csv=res("bench/editor_speed/{model}.csv"),
     log:
-        "results/logs/bench_editor_speed/{model}.log",
+        res("logs/bench_editor_speed/{model}.log"),
     conda:
         "../../envs/hiedit.yaml"
     # The whole machine: the timings are only meaningful without other jobs beside them.

@@ -8,6 +8,15 @@ from hiedit.config import job_config, resolve_setup, validate_config
 
 validate_config(config)
 SETUP = resolve_setup(config)
+# Every computed file of the setup lives under this folder (`results` for the default setup).
+RESULTS = SETUP["results"]
+
+
+def res(path):
+    """``path`` under the setup's results folder."""
+    return os.path.join(RESULTS, path)
+
+
 # The report's front page (workflow/report/workflow.rst) reads what runs, already merged.
 config["resolved_setup"] = SETUP
 # Rules run the project from this checkout (`python -m hiedit`), installed or not: the same
@@ -28,7 +37,7 @@ wildcard_constraints:
     split="train|eval",
 
 
-GEOFACTS_RAW = "results/data/geofacts/raw/{format}_{split}.json"
+GEOFACTS_RAW = res("data/geofacts/raw/{format}_{split}.json")
 
 
 def dataset_entry(name):
@@ -77,17 +86,35 @@ def all_prepared_data():
 
 def run_config(wildcards):
     """The JSON configuration of one train/evaluate job (a param, so edits rerun it)."""
-    return json.dumps(
-        job_config(
-            config,
-            SETUP,
-            wildcards.model,
-            wildcards.dataset,
-            wildcards.variant,
-            int(wildcards.seed),
-        ),
-        sort_keys=True,
+    job = job_config(
+        config,
+        SETUP,
+        wildcards.model,
+        wildcards.dataset,
+        wildcards.variant,
+        int(wildcards.seed),
     )
+    return json.dumps(job, sort_keys=True)
+
+
+def long_run_config(wildcards):
+    """A long-stream job: the setup's job with the long stream's evaluation settings."""
+    job = json.loads(run_config(wildcards))
+    stream = SETUP["long_stream"]
+    job["evaluation"]["n_edits"] = stream["n_edits"]
+    for key in ("n_curve_points", "curve_sample"):
+        if key in stream:
+            job["evaluation"][key] = stream[key]
+    return json.dumps(job, sort_keys=True)
+
+
+def eval_split_size(dataset):
+    """Records the prepared eval split keeps: the longest stream run on the dataset."""
+    stream = SETUP["long_stream"]
+    longest = SETUP["evaluation"]["n_edits"]
+    if stream and dataset in stream["datasets"]:
+        longest = max(longest, stream["n_edits"])
+    return longest
 
 
 def checkpoint_of(wildcards):
@@ -108,9 +135,15 @@ def editor_flag(wildcards, input):
     return f"--checkpoint {input.editor}" if input.editor else "--untrained"
 
 
-def fitted_variants():
-    """The variants of the setup whose editors have a training (fitting) job."""
-    return sorted({registry.get(v).checkpoint for v in SETUP["variants"]} - {None})
+def seeds_of(variant):
+    """The seeds a variant runs with (``variant_seeds`` of the setup, else its ``seeds``)."""
+    return SETUP["variant_seeds"].get(variant, SETUP["seeds"])
+
+
+def fitted_variants(fit=None):
+    """The setup's variants whose editors have a fitting job (of kind ``fit``, if given)."""
+    names = {registry.get(v).checkpoint for v in SETUP["variants"]} - {None}
+    return sorted(n for n in names if fit is None or registry.get(n).fit == fit)
 
 
 def sweep_ks():
@@ -127,11 +160,30 @@ def is_gpu_model(name):
 
 
 def all_runs(path, variants=None):
-    """``path`` (a rule's output) for every model, dataset, variant and seed of the setup."""
+    """``path`` (a rule's output) for every model, dataset, variant and its seeds of the setup."""
+    variants = SETUP["variants"] if variants is None else variants
+    return [
+        out
+        for variant in variants
+        for out in expand(
+            path,
+            model=SETUP["models"],
+            dataset=SETUP["datasets"],
+            variant=variant,
+            seed=seeds_of(variant),
+        )
+    ]
+
+
+def long_runs(path):
+    """``path`` for every run of the setup's long stream (none without one)."""
+    stream = SETUP["long_stream"]
+    if not stream:
+        return []
     return expand(
         path,
         model=SETUP["models"],
-        dataset=SETUP["datasets"],
-        variant=SETUP["variants"] if variants is None else variants,
-        seed=SETUP["seeds"],
+        dataset=stream["datasets"],
+        variant=stream["variants"],
+        seed=stream["seeds"],
     )

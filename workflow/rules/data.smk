@@ -9,25 +9,28 @@ rule build_geofacts:
         raw=expand(
             GEOFACTS_RAW, format=["zsre", "counterfact"], split=["train", "eval"]
         ),
-        stats="results/data/geofacts/stats.json",
+        stats=res("data/geofacts/stats.json"),
     log:
-        "results/logs/build_geofacts.log",
+        res("logs/build_geofacts.log"),
     conda:
         "../../envs/hiedit.yaml"
     params:
         out_dir=lambda w, output: os.path.dirname(output.raw[0]),
         seed=config["data_seed"],
         n_eval=SETUP["geofacts_eval"],
+        n_extra=SETUP["geofacts_extra_eval"],
+        cap=SETUP["geofacts_max_per_relation"],
     shell:
         "python -m hiedit data geofacts --out-dir {params.out_dir} --seed {params.seed}"
-        " --n-eval {params.n_eval} --stats {output.stats} > {log} 2>&1"
+        " --n-eval {params.n_eval} --n-extra {params.n_extra} --max-per-relation {params.cap}"
+        " --stats {output.stats} > {log} 2>&1"
 
 
 rule download_dataset:
     output:
         "resources/data/{dataset}/{part}.json",
     log:
-        "results/logs/download_dataset/{dataset}_{part}.log",
+        res("logs/download_dataset/{dataset}_{part}.log"),
     wildcard_constraints:
         part="all|train|eval",
     conda:
@@ -48,11 +51,11 @@ rule prepare_data:
     input:
         unpack(raw_inputs),
     output:
-        train="results/data/{dataset}/train.parquet",
-        eval="results/data/{dataset}/eval.parquet",
-        stats="results/data/{dataset}/stats.json",
+        train=res("data/{dataset}/train.parquet"),
+        eval=res("data/{dataset}/eval.parquet"),
+        stats=res("data/{dataset}/stats.json"),
     log:
-        "results/logs/prepare_data/{dataset}.log",
+        res("logs/prepare_data/{dataset}.log"),
     wildcard_constraints:
         dataset=PREPARED_DATASETS,
     conda:
@@ -63,8 +66,9 @@ rule prepare_data:
         max_chars=lambda w: dataset_entry(w.dataset).get("max_chars", DEFAULT_MAX_CHARS),
         format=lambda w: dataset_entry(w.dataset)["format"],
         seed=config["data_seed"],
-        n_train=SETUP["training"]["n_train"],
-        n_eval=SETUP["evaluation"]["n_edits"],
+        # The trainer holds its validation slice out of these records.
+        n_train=SETUP["training"]["n_train"] + SETUP["training"]["validation_size"],
+        n_eval=lambda w: eval_split_size(w.dataset),
     shell:
         "python -m hiedit data prepare --format {params.format} {params.inputs}"
         " --seed {params.seed} --n-train {params.n_train} --n-eval {params.n_eval}"
@@ -78,21 +82,21 @@ rule report_data:
         stats=expand(rules.prepare_data.output.stats, dataset=SETUP["datasets"]),
     output:
         csv=report(
-            "results/report/data/preparation.csv",
+            res("report/data/preparation.csv"),
             caption="../report/data.rst",
             category="Data",
             subcategory="Preparation",
             labels={"table": "records read, kept and dropped", "format": "CSV"},
         ),
         html=report(
-            "results/report/data/preparation.html",
+            res("report/data/preparation.html"),
             caption="../report/data.rst",
             category="Data",
             subcategory="Preparation",
             labels={"table": "records read, kept and dropped", "format": "HTML"},
         ),
     log:
-        "results/logs/report/data.log",
+        res("logs/report/data.log"),
     conda:
         "../../envs/hiedit.yaml"
     threads: 1

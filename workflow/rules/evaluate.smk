@@ -8,14 +8,14 @@ rule evaluate:
         editor=checkpoint_of,
         cfg=rules.write_run_config.output[0],
     output:
-        metrics="results/eval/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv",
-        summary="results/eval/{model}/{dataset}/{variant}/seed{seed}/metrics.json",
-        per_edit="results/eval/{model}/{dataset}/{variant}/seed{seed}/per_edit.csv",
-        curve="results/eval/{model}/{dataset}/{variant}/seed{seed}/curve.csv",
+        metrics=res("eval/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv"),
+        summary=res("eval/{model}/{dataset}/{variant}/seed{seed}/metrics.json"),
+        per_edit=res("eval/{model}/{dataset}/{variant}/seed{seed}/per_edit.csv"),
+        curve=res("eval/{model}/{dataset}/{variant}/seed{seed}/curve.csv"),
     log:
-        "results/logs/evaluate/{model}/{dataset}/{variant}/seed{seed}.log",
+        res("logs/evaluate/{model}/{dataset}/{variant}/seed{seed}.log"),
     benchmark:
-        "results/benchmarks/evaluate/{model}/{dataset}/{variant}/seed{seed}.tsv"
+        res("benchmarks/evaluate/{model}/{dataset}/{variant}/seed{seed}.tsv")
     conda:
         "../../envs/hiedit.yaml"
     threads: JOB_THREADS
@@ -35,10 +35,41 @@ rule gather_metrics:
     input:
         all_runs(rules.evaluate.output.metrics),
     output:
-        table="results/tables/metrics.csv",
+        table=res("tables/metrics.csv"),
     log:
-        "results/logs/gather_metrics.log",
+        res("logs/gather_metrics.log"),
     conda:
         "../../envs/hiedit.yaml"
     shell:
         "python -m hiedit evaluate gather --out {output.table} {input} > {log} 2>&1"
+
+
+# The long stream (`snakemake long_stream`): the setup's fitted editors on n_edits sequential
+# edits, with per-edit wall time and memory in per_edit.csv.
+rule write_long_run_config:
+    output:
+        res("configs/long/{model}/{dataset}/{variant}/seed{seed}.json"),
+    log:
+        res("logs/write_long_run_config/{model}/{dataset}/{variant}/seed{seed}.log"),
+    params:
+        cfg=long_run_config,
+    run:
+        with open(output[0], "w") as handle:
+            print(params.cfg, file=handle)
+
+
+use rule evaluate as evaluate_long with:
+    input:
+        model=lambda w: model_inputs(w.model),
+        eval=rules.prepare_data.output.eval,
+        editor=checkpoint_of,
+        cfg=rules.write_long_run_config.output[0],
+    output:
+        metrics=res("long/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv"),
+        summary=res("long/{model}/{dataset}/{variant}/seed{seed}/metrics.json"),
+        per_edit=res("long/{model}/{dataset}/{variant}/seed{seed}/per_edit.csv"),
+        curve=res("long/{model}/{dataset}/{variant}/seed{seed}/curve.csv"),
+    log:
+        res("logs/evaluate_long/{model}/{dataset}/{variant}/seed{seed}.log"),
+    benchmark:
+        res("benchmarks/evaluate_long/{model}/{dataset}/{variant}/seed{seed}.tsv")

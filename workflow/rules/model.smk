@@ -5,9 +5,9 @@ rule build_smollm2:
     output:
         model=directory("resources/models/smollm2-135m"),
     log:
-        "results/logs/build_smollm2.log",
+        res("logs/build_smollm2.log"),
     benchmark:
-        "results/benchmarks/build_smollm2.tsv"
+        res("benchmarks/build_smollm2.tsv")
     conda:
         "../../envs/hiedit.yaml"
     threads: 2

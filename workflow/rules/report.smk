@@ -30,21 +30,21 @@ rule report_main_table:
         metrics=rules.gather_metrics.output.table,
     output:
         csv=report(
-            "results/report/table1/{model}/{dataset}.csv",
+            res("report/table1/{model}/{dataset}.csv"),
             caption="../report/table1.rst",
             category="Table 1",
             subcategory="Main results",
             labels={"model": "{model}", "dataset": "{dataset}", "format": "CSV"},
         ),
         html=report(
-            "results/report/table1/{model}/{dataset}.html",
+            res("report/table1/{model}/{dataset}.html"),
             caption="../report/table1.rst",
             category="Table 1",
             subcategory="Main results",
             labels={"model": "{model}", "dataset": "{dataset}", "format": "HTML"},
         ),
     log:
-        "results/logs/report/table1/{model}/{dataset}.log",
+        res("logs/report/table1/{model}/{dataset}.log"),
     conda:
         "../../envs/hiedit.yaml"
     threads: 1
@@ -63,21 +63,21 @@ rule report_ablation_table:
         metrics=rules.gather_metrics.output.table,
     output:
         csv=report(
-            "results/report/table2/{model}/{dataset}.csv",
+            res("report/table2/{model}/{dataset}.csv"),
             caption="../report/table2.rst",
             category="Table 2",
             subcategory="Ablations",
             labels={"model": "{model}", "dataset": "{dataset}", "format": "CSV"},
         ),
         html=report(
-            "results/report/table2/{model}/{dataset}.html",
+            res("report/table2/{model}/{dataset}.html"),
             caption="../report/table2.rst",
             category="Table 2",
             subcategory="Ablations",
             labels={"model": "{model}", "dataset": "{dataset}", "format": "HTML"},
         ),
     log:
-        "results/logs/report/table2/{model}/{dataset}.log",
+        res("logs/report/table2/{model}/{dataset}.log"),
     conda:
         "../../envs/hiedit.yaml"
     threads: 1
@@ -96,14 +96,14 @@ rule report_k_sweep:
         metrics=rules.gather_metrics.output.table,
     output:
         png=report(
-            "results/report/figure1_k_sweep.png",
+            res("report/figure1_k_sweep.png"),
             caption="../report/figure1_k_sweep.rst",
             category="Figure 1",
             subcategory="K sweep",
             labels={"figure": "final metrics against K"},
         ),
     log:
-        "results/logs/report/figure1_k_sweep.log",
+        res("logs/report/figure1_k_sweep.log"),
     conda:
         "../../envs/hiedit.yaml"
     threads: 1
@@ -124,14 +124,14 @@ rule report_learning_curves:
         metrics=rules.gather_metrics.output.table,
     output:
         png=report(
-            "results/report/figure2_learning_curves.png",
+            res("report/figure2_learning_curves.png"),
             caption="../report/figure2_learning_curves.rst",
             category="Figure 2",
             subcategory="Learning curves",
             labels={"figure": "metrics against the number of edits"},
         ),
     log:
-        "results/logs/report/figure2_learning_curves.log",
+        res("logs/report/figure2_learning_curves.log"),
     conda:
         "../../envs/hiedit.yaml"
     threads: 1
@@ -155,15 +155,15 @@ rule report_mask_usage:
         ),
     output:
         png=report(
-            "results/report/figure3/{model}/{dataset}.png",
+            res("report/figure3/{model}/{dataset}.png"),
             caption="../report/figure3_mask_usage.rst",
             category="Figure 3",
             subcategory="Mask usage",
             labels={"model": "{model}", "dataset": "{dataset}"},
         ),
-        table="results/report/figure3/{model}/{dataset}.csv",
+        table=res("report/figure3/{model}/{dataset}.csv"),
     log:
-        "results/logs/report/figure3/{model}/{dataset}.log",
+        res("logs/report/figure3/{model}/{dataset}.log"),
     conda:
         "../../envs/hiedit.yaml"
     threads: 1
@@ -182,21 +182,21 @@ rule report_edit_time:
         per_edit=all_runs(rules.evaluate.output.per_edit),
     output:
         png=report(
-            "results/report/figure4_edit_time.png",
+            res("report/figure4_edit_time.png"),
             caption="../report/figure4_edit_time.rst",
             category="Figure 4",
             subcategory="Time per edit",
             labels={"figure": "time per edit", "format": "PNG"},
         ),
         summary=report(
-            "results/report/figure4_edit_time.csv",
+            res("report/figure4_edit_time.csv"),
             caption="../report/figure4_edit_time.rst",
             category="Figure 4",
             subcategory="Time per edit",
             labels={"figure": "time per edit", "format": "CSV"},
         ),
     log:
-        "results/logs/report/figure4_edit_time.log",
+        res("logs/report/figure4_edit_time.log"),
     conda:
         "../../envs/hiedit.yaml"
     threads: 1
@@ -214,14 +214,14 @@ rule report_training_curves:
         train_log=all_runs(rules.train_editor.output.curve, fitted_variants()),
     output:
         png=report(
-            "results/report/figure5_training_curves.png",
+            res("report/figure5_training_curves.png"),
             caption="../report/figure5_training_curves.rst",
             category="Figure 5",
             subcategory="Editor training",
             labels={"figure": "training losses"},
         ),
     log:
-        "results/logs/report/figure5_training_curves.log",
+        res("logs/report/figure5_training_curves.log"),
     conda:
         "../../envs/hiedit.yaml"
     threads: 1
@@ -238,9 +238,9 @@ rule bench_commit_cpu:
     input:
         script="benchmarks/commit_cpu.py",
     output:
-        csv="results/bench/commit_cpu.csv",
+        csv=res("bench/commit_cpu.csv"),
     log:
-        "results/logs/bench_commit_cpu.log",
+        res("logs/bench_commit_cpu.log"),
     conda:
         "../../envs/hiedit.yaml"
     threads: 2
@@ -258,14 +258,14 @@ rule report_kernel_benchmark:
         csv=rules.bench_commit_cpu.output.csv,
     output:
         png=report(
-            "results/report/figure6_kernel_benchmark.png",
+            res("report/figure6_kernel_benchmark.png"),
             caption="../report/figure6_kernel_benchmark.rst",
             category="Figure 6",
             subcategory="Commit kernel",
             labels={"figure": "commit benchmark (CPU)"},
         ),
     log:
-        "results/logs/report/figure6_kernel_benchmark.log",
+        res("logs/report/figure6_kernel_benchmark.log"),
     conda:
         "../../envs/hiedit.yaml"
     threads: 1

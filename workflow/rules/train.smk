@@ -3,9 +3,9 @@
 
 rule write_run_config:
     output:
-        "results/configs/{model}/{dataset}/{variant}/seed{seed}.json",
+        res("configs/{model}/{dataset}/{variant}/seed{seed}.json"),
     log:
-        "results/logs/write_run_config/{model}/{dataset}/{variant}/seed{seed}.log",
+        res("logs/write_run_config/{model}/{dataset}/{variant}/seed{seed}.log"),
     params:
         cfg=run_config,
     run:
@@ -20,13 +20,13 @@ rule train_editor:
         train=rules.prepare_data.output.train,
         cfg=rules.write_run_config.output[0],
     output:
-        editor="results/editors/{model}/{dataset}/{variant}/seed{seed}/editor.pt",
-        curve="results/editors/{model}/{dataset}/{variant}/seed{seed}/train_log.csv",
-        validation="results/editors/{model}/{dataset}/{variant}/seed{seed}/validation.csv",
+        editor=res("editors/{model}/{dataset}/{variant}/seed{seed}/editor.pt"),
+        curve=res("editors/{model}/{dataset}/{variant}/seed{seed}/train_log.csv"),
+        validation=res("editors/{model}/{dataset}/{variant}/seed{seed}/validation.csv"),
     log:
-        "results/logs/train_editor/{model}/{dataset}/{variant}/seed{seed}.log",
+        res("logs/train_editor/{model}/{dataset}/{variant}/seed{seed}.log"),
     benchmark:
-        "results/benchmarks/train_editor/{model}/{dataset}/{variant}/seed{seed}.tsv"
+        res("benchmarks/train_editor/{model}/{dataset}/{variant}/seed{seed}.tsv")
     conda:
         "../../envs/hiedit.yaml"
     threads: JOB_THREADS
