@@ -163,3 +163,20 @@ def test_missing_arguments_are_reported(job, eval_data, tmp_path, capsys):
     args = ["--run-config", str(job), "--eval-data", str(eval_data), "--out-dir", str(tmp_path)]
     assert main(["evaluate", *args]) == 2
     assert "--checkpoint FILE or --untrained" in capsys.readouterr().err
+
+
+def test_shared_unedited_scores_give_the_same_results(job, eval_data, finished, tmp_path):
+    scores = tmp_path / "unedited.pt"
+    args = ["--run-config", str(job), "--eval-data", str(eval_data), "--out", str(scores)]
+    assert main(["evaluate", "unedited", *args]) == 0
+    out_dir = tmp_path / "shared"
+    assert _evaluate(job, eval_data, out_dir, "--unedited", str(scores)) == 0
+    assert json.loads((out_dir / "metrics.json").read_text()) == json.loads(
+        (finished / "metrics.json").read_text()
+    )
+    # scores of another stream are refused, naming the file
+    other = tmp_path / "other.json"
+    changed = json.loads(job.read_text())
+    changed["evaluation"]["n_edits"] = N_EDITS - 1
+    other.write_text(json.dumps(changed))
+    assert _evaluate(other, eval_data, tmp_path / "x", "--unedited", str(scores)) == 2

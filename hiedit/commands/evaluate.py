@@ -76,7 +76,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_dispatch)
 
-    sub = parser.add_subparsers(dest="command", metavar="{gather}")
+    parser.add_argument(
+        "--unedited",
+        help="the unedited model's scores of this stream (from `evaluate unedited`), shared by "
+        "every variant instead of scoring the unedited model in each job",
+    )
+
+    sub = parser.add_subparsers(dest="command", metavar="{gather,unedited}")
+    unedited = sub.add_parser(
+        "unedited",
+        help="score the unedited model on a job's stream once (shared by every variant)",
+        description="Score the unedited model on the first evaluation.n_edits records of "
+        "--eval-data (the stream every variant of the job's model and dataset edits) and save "
+        "the scores to --out, for `evaluate --unedited`.",
+    )
+    unedited.add_argument("--run-config", required=True, help="a job configuration (JSON or file)")
+    unedited.add_argument("--eval-data", required=True, help="eval split (.parquet)")
+    unedited.add_argument("--out", required=True, help="scores file (.pt, written atomically)")
+    unedited.add_argument("--threads", type=int, help="torch CPU threads")
+    unedited.add_argument("--device", help="torch device (default: cuda if available)")
     gather = sub.add_parser(
         "gather",
         help="concatenate metrics_long.csv files into one validated table",
@@ -90,9 +108,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if getattr(args, "command", None) == "gather":
+    command = getattr(args, "command", None)
+    if command == "gather":
         return run_gather(args)
+    if command == "unedited":
+        return run_unedited(args)
     return run_evaluate(args)
+
+
+def run_unedited(args: argparse.Namespace) -> int:
+    import torch
+
+    from hiedit.config import read_job_config
+    from hiedit.evaluation.job import score_unedited
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    score_unedited(
+        read_job_config(args.run_config), Path(args.eval_data), Path(args.out), args.device
+    )
+    return 0
 
 
 def run_gather(args: argparse.Namespace) -> int:
@@ -118,7 +155,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"evaluate: missing {', '.join(missing)}")
     if not args.checkpoint and not args.untrained:
         raise ConfigError("evaluate: give --checkpoint FILE or --untrained")
-    for flag, value in (("--checkpoint", args.checkpoint), ("--stats", args.stats)):
+    files = (
+        ("--checkpoint", args.checkpoint),
+        ("--stats", args.stats),
+        ("--unedited", args.unedited),
+    )
+    for flag, value in files:
         if value and not Path(value).is_file():
             raise ConfigError(f"{flag} {value}: file not found")
     if args.save_every is not None and args.save_every < 1:
@@ -144,6 +186,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             out_dir=Path(args.out_dir),
             checkpoint=Path(args.checkpoint) if args.checkpoint else None,
             stats=Path(args.stats) if args.stats else None,
+            unedited=Path(args.unedited) if args.unedited else None,
             state_dir=Path(args.resume_dir) if args.resume_dir else None,
             save_every=args.save_every or 0,
             keep_state=args.keep_state,

@@ -40,6 +40,7 @@ class EvaluationRequest:
     out_dir: Path
     checkpoint: Path | None = None  # None: seeded untrained networks / a baseline's own state
     stats: Path | None = None  # a baseline's fitted statistic
+    unedited: Path | None = None  # the unedited model's scores of the stream (shared)
     state_dir: Path | None = None  # default out_dir/resume-state
     save_every: int = 0  # 0: by time budget only
     keep_state: bool = False
@@ -107,7 +108,9 @@ def run_evaluation(request: EvaluationRequest) -> StreamResult:
         "eval_data": sha256_of(request.eval_data),
         "checkpoint": sha256_of(request.checkpoint) if request.checkpoint else "none",
         "stats": sha256_of(request.stats) if request.stats else "none",
+        "unedited": sha256_of(request.unedited) if request.unedited else "none",
     }
+    unedited = load_unedited(request.unedited, records, job) if request.unedited else None
     result = run_stream(
         editor,
         model,
@@ -117,12 +120,65 @@ def run_evaluation(request: EvaluationRequest) -> StreamResult:
         state_dir=request.state_dir or request.out_dir / DEFAULT_STATE_DIR,
         fingerprint=fingerprint,
         progress=request.progress,
+        unedited=unedited,
     )
     write_results(request, result, device, fingerprint, time.perf_counter() - started)
     if not request.keep_state:
         result.remove_state()
     log.info("wrote %s", request.out_dir)
     return result
+
+
+UNEDITED_KIND = "hiedit-unedited-scores"
+
+
+def score_unedited(job: JobConfig, eval_data: Path, out: Path, device: str | None = None) -> None:
+    """Score the unedited model on the job's stream once and save it for every variant's job."""
+    import torch
+
+    from hiedit.atomic import save_torch
+    from hiedit.evaluation.metrics import score_records
+    from hiedit.models import load_model
+
+    records = read_eval_records(EvaluationRequest(job=job, eval_data=eval_data, out_dir=out.parent))
+    stream = records[: job.evaluation.n_edits]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(job.model, device=device)
+    scores = score_records(
+        model, tokenizer, stream, batch_size=job.evaluation.batch_size, progress=True
+    )
+    state = {
+        "kind": UNEDITED_KIND,
+        "model": job.model_name,
+        "records": [r.record_id for r in stream],
+        "frame": {c: scores.frame[c].tolist() for c in scores.frame.columns},
+        "reference": scores.reference.to_state(),
+        "n_forwards": scores.n_forwards,
+    }
+    save_torch(out, state)
+    log.info("scored the unedited model on %d records into %s", len(stream), out)
+
+
+def load_unedited(path: Path, records, job: JobConfig):
+    """The :class:`~hiedit.evaluation.metrics.Scores` saved by :func:`score_unedited`, checked
+    to be of this model and exactly this stream."""
+    import pandas as pd
+    import torch
+
+    from hiedit.errors import CheckpointMismatchError
+    from hiedit.evaluation.metrics import Scores, UnrelReference
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    stream = [r.record_id for r in records[: job.evaluation.n_edits]]
+    if state.get("kind") != UNEDITED_KIND:
+        raise CheckpointMismatchError(f"{path}: not an unedited-scores file")
+    if state["model"] != job.model_name or state["records"] != stream:
+        raise CheckpointMismatchError(
+            f"{path}: scores of model {state['model']!r} on {len(state['records'])} records, "
+            f"not of {job.model_name!r} on this stream of {len(stream)}"
+        )
+    reference = UnrelReference.from_state(state["reference"])
+    return Scores(pd.DataFrame(state["frame"]), reference, int(state["n_forwards"]))
 
 
 def _initial_interval(request: EvaluationRequest) -> float:

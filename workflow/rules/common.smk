@@ -35,6 +35,7 @@ wildcard_constraints:
     variant="[a-z0-9-]+",
     seed="[0-9]+",
     split="train|eval",
+    n_edits="[0-9]+",
 
 
 GEOFACTS_RAW = res("data/geofacts/raw/{format}_{split}.json")
@@ -105,6 +106,15 @@ def long_run_config(wildcards):
     for key in ("n_curve_points", "curve_sample"):
         if key in stream:
             job["evaluation"][key] = stream[key]
+    return json.dumps(job, sort_keys=True)
+
+
+def unedited_run_config(wildcards):
+    """The job that scores the unedited model on a stream of ``n_edits`` records."""
+    job = job_config(
+        config, SETUP, wildcards.model, wildcards.dataset, "hiedit-untrained", 0
+    )
+    job["evaluation"]["n_edits"] = int(wildcards.n_edits)
     return json.dumps(job, sort_keys=True)
 
 

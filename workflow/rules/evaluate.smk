@@ -1,11 +1,52 @@
 # Sequential evaluation (docs/method.md §8) and the tidy table that gathers every run.
 
 
+# The unedited model's scores of a stream, shared by every variant and seed that edits it.
+rule write_unedited_config:
+    output:
+        res("configs/unedited/{model}/{dataset}/n{n_edits}.json"),
+    log:
+        res("logs/write_unedited_config/{model}/{dataset}/n{n_edits}.log"),
+    params:
+        cfg=unedited_run_config,
+    run:
+        with open(output[0], "w") as handle:
+            print(params.cfg, file=handle)
+
+
+rule score_unedited:
+    input:
+        model=lambda w: model_inputs(w.model),
+        eval=rules.prepare_data.output.eval,
+        cfg=rules.write_unedited_config.output[0],
+    output:
+        scores=res("unedited/{model}/{dataset}/n{n_edits}.pt"),
+    log:
+        res("logs/score_unedited/{model}/{dataset}/n{n_edits}.log"),
+    benchmark:
+        res("benchmarks/score_unedited/{model}/{dataset}/n{n_edits}.tsv")
+    conda:
+        "../../envs/hiedit.yaml"
+    threads: JOB_THREADS
+    resources:
+        mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 3000,
+        gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
+    shell:
+        "python -m hiedit evaluate unedited --run-config {input.cfg} --eval-data {input.eval}"
+        " --out {output.scores} --threads {threads} > {log} 2>&1"
+
+
 rule evaluate:
     input:
         model=lambda w: model_inputs(w.model),
         eval=rules.prepare_data.output.eval,
         editor=checkpoint_of,
+        unedited=lambda w: expand(
+            rules.score_unedited.output.scores,
+            model=w.model,
+            dataset=w.dataset,
+            n_edits=SETUP["evaluation"]["n_edits"],
+        ),
         cfg=rules.write_run_config.output[0],
     output:
         metrics=res("eval/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv"),
@@ -27,7 +68,7 @@ rule evaluate:
         editor=editor_flag,
     shell:
         "python -m hiedit evaluate --run-config {input.cfg} --eval-data {input.eval}"
-        " {params.editor} --out-dir {params.out_dir}"
+        " {params.editor} --unedited {input.unedited} --out-dir {params.out_dir}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -63,6 +104,12 @@ use rule evaluate as evaluate_long with:
         model=lambda w: model_inputs(w.model),
         eval=rules.prepare_data.output.eval,
         editor=checkpoint_of,
+        unedited=lambda w: expand(
+            rules.score_unedited.output.scores,
+            model=w.model,
+            dataset=w.dataset,
+            n_edits=SETUP["long_stream"]["n_edits"],
+        ),
         cfg=rules.write_long_run_config.output[0],
     output:
         metrics=res("long/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv"),
