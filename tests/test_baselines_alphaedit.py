@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from editor_helpers import toy_records
 from test_baselines_key_stats import DOWN_PROJ, fresh_model, target_logprob, tiny_stats
 from test_baselines_memit import TINY_SETTINGS, memit, resume_check
-from test_editor_support import toy_records
 
 from hiedit.baselines.alphaedit import AlphaEditConfig, build, null_space_projector
 from hiedit.baselines.locate import keys_and_outputs

@@ -9,7 +9,7 @@ import types
 
 import pytest
 import torch
-from test_editor_support import tiny_job, toy_records
+from editor_helpers import tiny_job, toy_records
 
 from hiedit.baselines.key_stats import (
     KeyStatsConfig,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from editor_helpers import toy_records
 from test_baselines_key_stats import DOWN_PROJ, fresh_model, target_logprob, tiny_stats
-from test_editor_support import toy_records
 
+from hiedit.baselines.alphaedit import AlphaEditConfig
+from hiedit.baselines.key_stats import KeyStatsConfig
 from hiedit.baselines.locate import keys_and_outputs, subject_last_index
 from hiedit.baselines.memit import MEMITConfig, build
 from hiedit.data.records import QA, EditRecord
@@ -236,3 +241,83 @@ def test_batch_of_records_in_one_step():
     # this tiny model the two prompts' keys are close, so only the batch as a whole must gain.
     assert len(editor.last_targets) == 2
     assert sum(after) > sum(before) + 0.05, (before, after)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_yaml_sections_are_the_dataclass_defaults():
+    from hiedit.config import load_config, validate_config
+
+    config = load_config(ROOT / "config.yaml")
+    validate_config(config)
+    memit_cfg = MEMITConfig.from_mapping(config["baselines"]["memit"])
+    assert dataclasses.replace(memit_cfg, layers={}) == MEMITConfig()
+    assert memit_cfg.layers["llama3-8b"] == (4, 5, 6, 7, 8)
+    alpha = AlphaEditConfig.from_mapping(config["baselines"]["alphaedit"], "baselines.alphaedit")
+    assert dataclasses.replace(alpha, layers={}) == AlphaEditConfig()
+    assert alpha.layers == memit_cfg.layers
+    assert KeyStatsConfig.from_mapping(config["baselines"]["key_stats"]) == KeyStatsConfig()
+
+
+@pytest.mark.parametrize("variant", ["memit", "alphaedit"])
+def test_registered_variant_runs_through_evaluate_with_its_statistic(variant, tmp_path):
+    """The registry's entry, the job's section, fit-stats and evaluate --stats, end to end."""
+    from hiedit.cli import main
+    from hiedit.config import job_config, load_config, resolve_setup
+    from hiedit.data import write_split
+    from hiedit.registry import get
+
+    assert get(variant).stats == "key_stats" and get(variant).builder.endswith(variant)
+    config = load_config(ROOT / "config.yaml")
+    resolved = resolve_setup(config, "smoke")
+    job = job_config(config, resolved, "tiny-llama", "geofacts-zsre", variant, 0)
+    job["evaluation"].update(n_edits=3, num_pre=2, n_curve_points=1, curve_sample=2)
+    job["baselines"][variant].update(v_num_grad_steps=3, n_prefixes=2)
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    stats_job = {
+        "model_name": "tiny-llama",
+        "model": config["models"]["tiny-llama"],
+        "baselines": {
+            "key_stats": {"source": "pydoc-topics", "n_samples": 60, "max_length": 64},
+            variant: job["baselines"][variant],
+        },
+    }
+    (tmp_path / "stats.json").write_text(json.dumps(stats_job))
+    stats = tmp_path / "stats" / "key_stats.pt"
+    assert (
+        main(
+            [
+                "baselines",
+                "fit-stats",
+                "--run-config",
+                str(tmp_path / "stats.json"),
+                "--out",
+                str(stats),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    write_split(stream_records(4), tmp_path / "eval.parquet")
+    out = tmp_path / "out"
+    args = [
+        "evaluate",
+        "--run-config",
+        str(tmp_path / "job.json"),
+        "--eval-data",
+        str(tmp_path / "eval.parquet"),
+        "--untrained",
+        "--out-dir",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(args) == 2  # without its statistic the variant is refused
+    assert main([*args, "--stats", str(stats)]) == 0
+    per_edit = pd.read_csv(out / "per_edit.csv")
+    assert (
+        list(per_edit["selected"])
+        == ["model.layers.1.mlp.down_proj;model.layers.2.mlp.down_proj"] * 3
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_edits"] == 3

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hiedit.baselines.key_stats import load_key_stats
 from hiedit.baselines.locate import (
     LayerUpdate,
     LocateConfig,
@@ -146,3 +147,7 @@ def build(
         stats=stats,
         where=WHERE,
     )
+
+
+CONFIG = AlphaEditConfig
+load_stats = load_key_stats

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hiedit.errors import CheckpointMismatchError, ConfigError, ModelError, NonFiniteError
+from hiedit.errors import CheckpointMismatchError, ConfigError, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -162,6 +162,9 @@ class LocateConfig:
     v_stop_loss: float = setting(0.05, kind=float, ge=0)
     n_prefixes: int = setting(5, kind=int, ge=0)
     prefix_tokens: int = setting(10, kind=int, ge=1)
+    commit_precision: str = setting(
+        "auto", kind=str, choices=("auto", "nearest", "compensated", "master")
+    )
 
     def module_names(self, model_name: str, where: str) -> list[str]:
         """The down-projections this editor edits on ``model_name`` (``layers`` × template)."""
@@ -459,6 +462,7 @@ class LocateThenEdit:
     """
 
     kind = "locate-then-edit"
+    edits_per_step = 1
 
     def __init__(
         self,
@@ -473,7 +477,7 @@ class LocateThenEdit:
     ) -> None:
         import torch
 
-        from hiedit.editor.commit import precision_state
+        import kernels
 
         if stats is None:
             raise ConfigError(
@@ -532,7 +536,7 @@ class LocateThenEdit:
                     f"{(module.in_features, module.in_features)}"
                 )
             self.second_moments.append(moment.to(self.device, torch.float64))
-        self.precision = precision_state("auto", [m.weight for m in self.modules])
+        self.precision = kernels.PrecisionState(settings.commit_precision)
         self.prefixes = generate_prefixes(
             model, tokenizer, settings.n_prefixes, settings.prefix_tokens, self.seed
         )
@@ -576,17 +580,19 @@ class LocateThenEdit:
     def commit(self, index: int, update: LayerUpdate) -> None:
         import torch
 
-        import kernels
+        from hiedit.editor.commit import commit_update
+        from hiedit.editor.lowlevel import Factors
 
-        a = update.a.to(torch.float32)
-        b = update.b.to(torch.float32)
-        for label, tensor in (("A", a), ("B", b)):
-            if not bool(tensor.isfinite().all()):
-                raise NonFiniteError(
-                    f"step {self.step}: the update of module {self.module_names[index]} has "
-                    f"non-finite values in factor {label}"
-                )
-        kernels.lowrank_update_([self.modules[index].weight], [a], [b], [1.0], state=self.precision)
+        one = torch.ones((), device=update.a.device)
+        factors = Factors(update.a.to(torch.float32), update.b.to(torch.float32), one)
+        commit_update(
+            [self.modules[index]],
+            [factors],
+            [True],
+            self.precision,
+            names=[self.module_names[index]],
+            step=self.step,
+        )
 
     def edit_records(self, records: Sequence[EditRecord]):
         """Edit and commit ``records`` in place (module docstring); returns an ``EditStep``."""

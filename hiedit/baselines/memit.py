@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hiedit.baselines.key_stats import load_key_stats
 from hiedit.baselines.locate import LayerUpdate, LocateConfig, LocateThenEdit, read_section, setting
 
 WHERE = "baselines.memit"
@@ -66,3 +67,7 @@ def build(
     return MEMITEditor(
         settings, model, tokenizer, module_names=module_names, seed=seed, stats=stats, where=WHERE
     )
+
+
+CONFIG = MEMITConfig
+load_stats = load_key_stats

@@ -62,14 +62,35 @@ def stats_modules(job: Mapping[str, Any]) -> list[str]:
     return sorted(placed, key=lambda name: (placed[name], name))
 
 
+def read_stats_config(value: str) -> dict[str, Any]:
+    """``--run-config``: a JSON string, or a JSON/YAML file (a model's entry, not a whole job)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    text, source = value.strip(), "--run-config"
+    if not text.startswith("{"):
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(f"--run-config {value!r}: neither JSON nor an existing file")
+        text, source = path.read_text(), str(path)
+    try:
+        job = yaml.safe_load(text) if source.endswith((".yaml", ".yml")) else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{source}: not valid JSON/YAML: {err}") from err
+    if not isinstance(job, Mapping):
+        raise ConfigError(f"{source}: expected a mapping, got {type(job).__name__}")
+    return dict(job)
+
+
 def _fit_stats(args: argparse.Namespace) -> int:
     import torch
 
     from hiedit.baselines.key_stats import KeyStatsConfig, fit_key_stats, save_key_stats
-    from hiedit.config import read_job_config
     from hiedit.models import load_model
 
-    job = read_job_config(args.run_config)
+    job = read_stats_config(args.run_config)
     for key in ("model_name", "model"):
         if key not in job:
             raise ConfigError(f"--run-config: key {key!r} is missing")
