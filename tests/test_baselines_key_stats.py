@@ -98,8 +98,8 @@ def test_second_moment_is_the_mean_over_tokens_without_padding():
     for name in DOWN_PROJ:
         expected, count = manual_moment(model, tokenizer, name, TEXT)
         assert tokens == count
-        assert moments[name].dtype == torch.float32
-        torch.testing.assert_close(moments[name].double(), expected, rtol=1e-5, atol=1e-7)
+        assert moments[name].dtype == torch.float64
+        torch.testing.assert_close(moments[name], expected, rtol=1e-6, atol=1e-9)
     # Cut to max_length tokens per document.
     _, cut = fit_second_moments(model, tokenizer, DOWN_PROJ, TEXT, max_length=8, batch_tokens=60)
     assert cut == sum(min(8, len(tokenizer(t)["input_ids"])) for t in TEXT) < tokens
