@@ -5,9 +5,9 @@
 
 rule write_key_stats_config:
     output:
-        "results/configs/{model}/key_stats.json",
+        res("configs/{model}/key_stats.json"),
     log:
-        "results/logs/write_key_stats_config/{model}.log",
+        res("logs/write_key_stats_config/{model}.log"),
     params:
         # The run configuration of fit_key_stats (a param, so config edits rerun the fit).
         cfg=lambda w: json.dumps(
@@ -28,12 +28,12 @@ rule fit_key_stats:
         model=lambda w: model_inputs(w.model),
         cfg=rules.write_key_stats_config.output[0],
     output:
-        stats="results/stats/{model}/key_stats.pt",
-        sidecar="results/stats/{model}/key_stats.json",
+        stats=res("stats/{model}/key_stats.pt"),
+        sidecar=res("stats/{model}/key_stats.json"),
     log:
-        "results/logs/fit_key_stats/{model}.log",
+        res("logs/fit_key_stats/{model}.log"),
     benchmark:
-        "results/benchmarks/fit_key_stats/{model}.tsv"
+        res("benchmarks/fit_key_stats/{model}.tsv")
     conda:
         "../../envs/hiedit.yaml"
     threads: JOB_THREADS
