@@ -13,7 +13,7 @@ import sys
 
 from hiedit.errors import HiEditError
 
-COMMAND_GROUPS = ("data", "model", "train", "evaluate", "bench", "report")
+COMMAND_GROUPS = ("data", "model", "train", "evaluate", "bench", "report", "baselines")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,11 +36,15 @@ def build_editor(
         job.baselines[spec.baseline], f"baselines.{spec.baseline}"
     )
     loaded = module.load_stats(stats) if stats is not None else None
+    # Editors that choose their own modules per model (MEMIT's and AlphaEdit's layer tables)
+    # say so with ``module_names(model_name, where)``; the others edit the model's candidates.
+    choose = getattr(settings, "module_names", None)
+    names = choose(job.model_name, f"baselines.{spec.baseline}") if choose else job.module_names
     return module.build(
         settings,
         model,
         tokenizer,
-        module_names=job.module_names,
+        module_names=names,
         seed=job.seed,
         stats=loaded,
     )

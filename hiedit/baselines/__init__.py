@@ -7,4 +7,8 @@ module_names, seed, stats)``, which returns an editor satisfying
 
 - ``ft_m``: FT-M, EasyEdit's fine-tuning on the answer tokens (``FTMConfig``).
 - ``ultraedit``: UltraEdit, lifelong-normalised closed-form edits per turn (``UltraEditConfig``).
+- ``memit``: MEMIT, locate-then-edit closed form on the down-projections (``MEMITConfig``).
+- ``alphaedit``: AlphaEdit, MEMIT's update projected onto the null space of generic keys
+  (``AlphaEditConfig``). Both share ``locate`` (targets, keys, state) and the fitted key
+  statistic of ``key_stats``.
 """

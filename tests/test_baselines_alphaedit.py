@@ -1,0 +1,135 @@
+"""AlphaEdit: efficacy, preserved keys untouched, accumulated keys, resume, config errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from editor_helpers import toy_records
+from test_baselines_key_stats import DOWN_PROJ, fresh_model, target_logprob, tiny_stats
+from test_baselines_memit import TINY_SETTINGS, memit, resume_check
+
+from hiedit.baselines.alphaedit import AlphaEditConfig, build, null_space_projector
+from hiedit.baselines.locate import keys_and_outputs
+from hiedit.errors import CheckpointMismatchError, ConfigError
+
+
+def middle_threshold() -> float:
+    """An eigenvalue threshold that leaves about half of each module's directions free."""
+    stats = tiny_stats()
+    return max(
+        float(torch.linalg.eigvalsh(stats.second_moments[name].double())[32]) for name in DOWN_PROJ
+    )
+
+
+def alphaedit(model, tokenizer, modules=DOWN_PROJ, seed=0, **values):
+    tiny = {k: v for k, v in TINY_SETTINGS.items() if k != "mom2_update_weight"}
+    settings = AlphaEditConfig.from_mapping(
+        {**tiny, "nullspace_threshold": middle_threshold(), "l2": 1e-3, **values}
+    )
+    return build(
+        settings, model, tokenizer, module_names=list(modules), seed=seed, stats=tiny_stats()
+    )
+
+
+def preserved_basis(name: str, threshold: float) -> torch.Tensor:
+    """Orthonormal columns spanning the keys AlphaEdit must preserve (eigenvalue ≥ threshold)."""
+    moment = tiny_stats().second_moments[name].double()
+    values, vectors = torch.linalg.eigh(moment)
+    return vectors[:, values >= threshold]
+
+
+def test_one_edit_raises_the_target_probability():
+    model, tokenizer = fresh_model()
+    record = toy_records(1)[0]
+    before = target_logprob(model, tokenizer, record)
+    editor = alphaedit(model, tokenizer)
+    assert all(0 < d < 64 for d in editor.null_dims)
+    step = editor.edit_records([record])
+    assert target_logprob(model, tokenizer, record) > before + 0.02
+    assert step.selected == DOWN_PROJ
+
+
+def test_update_leaves_the_preserved_keys_outputs_unchanged():
+    threshold = middle_threshold()
+    model, tokenizer = fresh_model()
+    editor = alphaedit(model, tokenizer)
+    before = [m.weight.detach().double().clone() for m in editor.modules]
+    record = toy_records(1)[0]
+    # The factors themselves, in fp64: rows of A lie in the null space of the preserved keys.
+    keys, outputs = keys_and_outputs(
+        model, tokenizer, [record], editor.prefixes, editor.modules[0], editor.z_layer
+    )
+    update = editor.solve(0, keys, torch.ones_like(outputs))
+    basis = preserved_basis(DOWN_PROJ[0], threshold)
+    assert basis.shape[1] >= 16
+    assert float((update.a @ basis).abs().max()) <= 1e-12 * float(update.a.abs().max())
+
+    editor.edit_records([record])
+    memit_model, memit_tokenizer = fresh_model()
+    memit(memit_model, memit_tokenizer).edit_records([record])
+    for index, name in enumerate(DOWN_PROJ):
+        delta = editor.modules[index].weight.detach().double() - before[index]
+        basis = preserved_basis(name, threshold)
+        moved = float((delta @ basis).abs().max())
+        # Committed into fp32 weights: exact up to the weights' rounding.
+        assert moved <= 1e-5 * float(delta.abs().max()), (name, moved)
+        memit_delta = memit_model.get_submodule(name).weight.detach().double() - before[index]
+        assert float((memit_delta @ basis).abs().max()) > 1e-2 * float(memit_delta.abs().max())
+
+
+def test_projector_is_the_small_eigenvalue_subspace():
+    moment = tiny_stats().second_moments[DOWN_PROJ[1]]
+    projector, dim = null_space_projector(moment, middle_threshold())
+    torch.testing.assert_close(projector @ projector, projector)
+    assert round(float(torch.trace(projector))) == dim
+    values = torch.linalg.eigh(moment.double()).eigenvalues
+    assert dim == int((values < middle_threshold()).sum())
+
+
+def test_keys_of_earlier_edits_accumulate_across_the_stream():
+    model, tokenizer = fresh_model()
+    editor = alphaedit(model, tokenizer)
+    records = toy_records(3)[1:]
+    expected = [torch.zeros(64, 64, dtype=torch.float64) for _ in DOWN_PROJ]
+    for record in records:
+        editor.edit_records([record])
+        for index, module in enumerate(editor.modules):
+            keys, _ = keys_and_outputs(
+                model, tokenizer, [record], editor.prefixes, module, editor.z_layer
+            )
+            expected[index] += keys.T @ keys
+    for got, want in zip(editor.accumulated, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_stream_resumes_with_identical_results(tmp_path):
+    editor = resume_check(alphaedit, tmp_path)
+    assert float(editor.accumulated[0].abs().sum()) > 0
+
+
+def test_state_of_another_editor_is_refused(tmp_path):
+    model, tokenizer = fresh_model()
+    other = memit(model, tokenizer, v_num_grad_steps=2)
+    other.save_state(tmp_path / "memit.pt")
+    editor = alphaedit(*fresh_model(), v_num_grad_steps=2)
+    with pytest.raises(CheckpointMismatchError, match="not a alphaedit editor state"):
+        editor.load_state(tmp_path / "memit.pt")
+    editor.save_state(tmp_path / "alpha.pt")
+    wider = alphaedit(*fresh_model(), v_num_grad_steps=2, nullspace_threshold=1.0)
+    with pytest.raises(CheckpointMismatchError, match="settings"):
+        wider.load_state(tmp_path / "alpha.pt")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"nullspace_threshold": 0}, "baselines.alphaedit.nullspace_threshold: must be > 0"),
+        ({"l2": -1.0}, "baselines.alphaedit.l2: must be > 0"),
+        ({"mom2_update_weight": 15000}, "baselines.alphaedit.mom2_update_weight: unknown key"),
+        ({"n_prefixes": -1}, "baselines.alphaedit.n_prefixes: must be >= 0"),
+        ({"layers": [4, 5]}, "baselines.alphaedit.layers: must be a mapping"),
+    ],
+)
+def test_bad_hyperparameters_name_the_key(values, message):
+    with pytest.raises(ConfigError, match=message):
+        AlphaEditConfig.from_mapping(values)
