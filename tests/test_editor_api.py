@@ -177,3 +177,33 @@ def test_tiny_job_builds_an_editor(tiny_llama, records):
     assert editor.module_names == MODULES
     assert editor.k == 2
     assert len(records) == 8 and len({r.record_id for r in records}) == 8
+
+
+def _bf16_editor(variant="hiedit"):
+    job = tiny_job(variant)
+    job["model"]["dtype"] = "bfloat16"
+    model, tok = tiny_model(job)
+    return load_editor(job, model, tok, None)
+
+
+def test_bf16_stream_state_holds_masters_not_weights_and_resumes_bit_identically(tmp_path):
+    records = toy_records(6)
+    full = _bf16_editor()
+    for r in records:
+        full.edit_records([r])
+    first = _bf16_editor()
+    for r in records[:3]:
+        first.edit_records([r])
+    first.save_state(tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    mastered = set(state["precision"]["buffers"])
+    assert mastered and not mastered & set(state["weights"])  # each weight written once
+    assert "initial_networks" not in state and "networks" not in state
+    second = _bf16_editor()
+    second.load_state(tmp_path / "state.pt")
+    for r in records[3:]:
+        second.edit_records([r])
+    for a, b in zip(full.modules, second.modules, strict=True):
+        assert torch.equal(a.weight, b.weight)
+    for name in second.normalizer_state():
+        assert torch.equal(second.normalizer_state()[name], full.normalizer_state()[name])

@@ -332,17 +332,20 @@ class HiEditor:
         During a stream the networks are frozen except their normaliser statistics, so only
         those are saved (the networks themselves come from the checkpoint the stream was started
         with, which the stream's fingerprint pins), with the candidate modules' weights, their
-        precision buffers, the step counter and the random state.
+        precision buffers, the step counter and the random state. A weight with an fp32 master
+        copy is its rounded master, so only the master is written.
         """
         named = dict(zip(self.module_names, [m.weight for m in self.modules], strict=True))
+        precision = self.precision.state_dict(named)
+        mastered = {n for n, b in precision["buffers"].items() if b["kind"] == "master"}
         state = {
             "kind": STATE_KIND,
             "version": STATE_VERSION,
             "identity": network_identity(self.job),
             "variant": self.variant.name,
             "normalizers": self.normalizer_state(),
-            "weights": {name: w.detach().clone() for name, w in named.items()},
-            "precision": self.precision.state_dict(named),
+            "weights": {n: w.detach().clone() for n, w in named.items() if n not in mastered},
+            "precision": precision,
             "step": self.step,
             "rng": self.rng.get_state(),
             "selection_counts": self.selection_counts,
@@ -366,9 +369,13 @@ class HiEditor:
             raise CheckpointMismatchError(
                 f"{path}: variant: checkpoint {state['variant']!r} vs config {self.variant.name!r}"
             )
+        buffers = state["precision"]["buffers"]
         with torch.no_grad():
             for name, module in zip(self.module_names, self.modules, strict=True):
-                module.weight.copy_(state["weights"][name])
+                saved = state["weights"].get(name)
+                if saved is None:  # written as its master copy: the weight is its rounding
+                    saved = buffers[name]["buffer"].to(module.weight.dtype)
+                module.weight.copy_(saved)
         named = dict(zip(self.module_names, [m.weight for m in self.modules], strict=True))
         self.precision.load_state_dict(state["precision"], named)
         self.load_network_state(self._initial_networks)
