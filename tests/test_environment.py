@@ -20,20 +20,26 @@ the project from the workflow's checkout. What is checked here:
 from __future__ import annotations
 
 import ast
+import email.message
+import email.parser
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import urllib.request
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging import tags
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
-from packaging.utils import canonicalize_name
+from packaging.utils import canonicalize_name, parse_wheel_filename
 from workflow_helpers import ROOT, copy_workflow, run_snakemake
 
 ENV_FILE = ROOT / "envs" / "hiedit.yaml"
@@ -221,6 +227,99 @@ def test_every_pip_pin_is_published_on_pypi():
         if pinned_version(pin) not in json.loads(result.stdout)["versions"]:
             missing.append(str(pin))
     assert missing == [], f"no wheel on PyPI for Python {python} on Linux x86-64: {missing}"
+
+
+# Marker values of the machine the check above targets (CPython 3.11 on Linux x86-64).
+LINUX_MARKERS = {
+    "os_name": "posix",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "extra": "",
+}
+
+
+class RemoteFile(io.RawIOBase):
+    """A file on the index read by HTTP range requests, so that ``zipfile`` fetches a wheel's
+    directory and METADATA only (the index here does not always serve PEP 658 metadata)."""
+
+    def __init__(self, url: str, size: int):
+        self.url, self.size, self.position = url, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = base + offset
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        end = min(self.position + len(buffer), self.size)
+        if end <= self.position:
+            return 0
+        request = urllib.request.Request(
+            self.url, headers={"Range": f"bytes={self.position}-{end - 1}"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            data = response.read()
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+def wheel_metadata(name: str, version: str, python: str) -> email.message.Message:
+    """METADATA of a PyPI wheel of ``name==version`` that CPython ``python`` on Linux installs."""
+    major, minor = map(int, python.split("."))
+    wanted = set(tags.cpython_tags((major, minor), platforms=LINUX_TAGS))
+    wanted |= set(tags.compatible_tags((major, minor), f"cp{major}{minor}", LINUX_TAGS))
+    request = urllib.request.Request(
+        f"https://pypi.org/simple/{name}/",
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        files = json.load(response)["files"]
+    for file in files:
+        if not file["filename"].endswith(".whl"):
+            continue
+        _, wheel_version, _, wheel_tags = parse_wheel_filename(file["filename"])
+        if str(wheel_version) == version and wheel_tags & wanted:
+            raw = io.BufferedReader(RemoteFile(file["url"], file["size"]), buffer_size=1 << 16)
+            with zipfile.ZipFile(raw) as wheel:
+                member = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+                return email.parser.BytesParser().parsebytes(wheel.read(member))
+    raise AssertionError(f"no PyPI wheel of {name}=={version} for Python {python} on Linux")
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_pip_pins_satisfy_each_others_requirements_on_linux():
+    """What pip's resolver would refuse on Linux x86-64, from the pinned wheels' own METADATA:
+    e.g. PyPI's torch wheel pins its triton, which the CPU build installed in CI does not."""
+    _, conda, pip = load_env()
+    python = python_minor(conda)
+    markers = {**LINUX_MARKERS, "python_version": python, "python_full_version": f"{python}.0"}
+    pinned = {n: p for n, p in pins(pip).items() if p.marker is None or p.marker.evaluate(markers)}
+    versions = {name: pinned_version(pin) for name, pin in pinned.items()}
+    conflicts = []
+    for name, version in versions.items():
+        for line in wheel_metadata(name, version, python).get_all("Requires-Dist") or []:
+            needed = Requirement(line)
+            other = canonicalize_name(needed.name)
+            if other in versions and (needed.marker is None or needed.marker.evaluate(markers)):
+                if not needed.specifier.contains(versions[other], prereleases=True):
+                    conflicts.append(
+                        f"{name}=={version} requires {needed}, pinned {versions[other]}"
+                    )
+    assert conflicts == []
 
 
 def copy_checkout(dest: Path) -> Path:
