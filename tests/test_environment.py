@@ -183,9 +183,9 @@ def test_conda_profile_keeps_the_default_profile_settings():
 
 @pytest.mark.workflow
 def test_snakemake_accepts_the_conda_profile(tmp_path):
-    copy_workflow(tmp_path)
+    checkout = copy_checkout(tmp_path / "checkout")
     args = ["--workflow-profile", "profiles/conda", "-n", "--config", "setup=smoke"]
-    result = run_snakemake(args, tmp_path, 300)
+    result = run_snakemake(args, checkout, 300)
     output = result.stdout + result.stderr
     if shutil.which("conda"):
         assert result.returncode == 0, output[-3000:]
