@@ -8,9 +8,10 @@ the project from the workflow's checkout. What is checked here:
 - its pip pins lie within pyproject.toml's ranges, and it lists every runtime dependency the
   project, its kernels and its benchmark scripts import;
 - (network) every pip pin is published on PyPI as a wheel for the environment's Python on Linux
-  x86-64. The conda part (python=3.11 and pip from conda-forge) is not checked against conda-forge:
-  no conda channel is reachable from CI; it is checked only to be a Python minor series within
-  pyproject.toml's requires-python, the one the PyPI check asks wheels for;
+  x86-64, and the pins satisfy each other's requirements there. The conda part (python=3.11 and
+  pip from conda-forge) is not checked against conda-forge: no conda channel is reachable from CI;
+  it is checked only to be a Python minor series within pyproject.toml's requires-python, the one
+  the PyPI checks ask wheels for;
 - (slow, network) a stand-in for conda: a fresh virtual environment gets exactly the pip part, the
   way conda's pip installer installs it (a requirements file beside the copy, run from there), and
   the workflow's rules from data to the main table run in it, first on PATH, with the project not
