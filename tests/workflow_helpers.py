@@ -9,8 +9,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# What a workflow run needs besides the installed package.
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "profiles", "envs", "benchmarks"]
+# What a workflow run needs: the rules run the copied checkout's package (PYTHONPATH), not an
+# installed one.
+WORKFLOW_FILES = [
+    "Snakefile",
+    "config.yaml",
+    "workflow",
+    "profiles",
+    "envs",
+    "benchmarks",
+    "hiedit",
+    "kernels",
+]
 
 
 def copy_workflow(dest: Path) -> Path:
