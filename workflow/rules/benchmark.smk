@@ -32,3 +32,38 @@ rule bench_editor_speed:
 rule editor_speed:
     input:
         expand(rules.bench_editor_speed.output.csv, model=SETUP["models"]),
+
+
+# Flat long streams (issue target: edit 20,000 within 10 % of edit 1, memory flat): a cheap
+# editor (untrained networks at a set step size) on the setup's long stream. Not part of `all`:
+# `snakemake --config setup=study long_stream_bench`.
+rule bench_long_stream:
+    input:
+        script="benchmarks/long_stream.py",
+        model=lambda w: model_inputs(w.model),
+        eval=lambda w: expand(
+            rules.prepare_data.output.eval, dataset=SETUP["long_stream"]["datasets"][0]
+        ),
+    output:
+        csv=res("bench/long_stream/{model}.csv"),
+        per_edit=res("bench/long_stream/{model}.per_edit.csv"),
+    log:
+        res("logs/bench_long_stream/{model}.log"),
+    conda:
+        "../../envs/hiedit.yaml"
+    threads: 1
+    resources:
+        mem_mb=6000,
+    params:
+        setup=SETUP["name"],
+        dataset=lambda w: SETUP["long_stream"]["datasets"][0],
+        n_edits=lambda w: SETUP["long_stream"]["n_edits"],
+    shell:
+        "python {input.script} --setup {params.setup} --model {wildcards.model}"
+        " --dataset {params.dataset} --eval-data {input.eval} --n-edits {params.n_edits}"
+        " --per-edit {output.per_edit} --out {output.csv} --threads {threads} > {log} 2>&1"
+
+
+rule long_stream_bench:
+    input:
+        expand(rules.bench_long_stream.output.csv, model=SETUP["models"]),
