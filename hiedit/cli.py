@@ -7,6 +7,7 @@ heavy imports (torch, transformers) happen inside the command functions so ``--h
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -14,6 +15,9 @@ import sys
 from hiedit.errors import HiEditError
 
 COMMAND_GROUPS = ("data", "model", "train", "evaluate", "bench", "report", "baselines")
+# Failures of the machine rather than of the code: their message (which names the file or folder)
+# is all a user needs, so they are printed like HiEditError instead of as a traceback.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,5 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except HiEditError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
