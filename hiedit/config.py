@@ -285,13 +285,24 @@ def load_schema(schema_path: str | Path | None = None) -> dict[str, Any]:
     return copy.deepcopy(_cached_schema(str(schema_path or SCHEMA_PATH)))
 
 
-def _check_section(section: str, values: Any, where: str, schema: Mapping | None = None) -> None:
+@functools.lru_cache(maxsize=1)
+def _validator_class() -> type:
+    """Draft 2020-12 with strict integers: JSON Schema counts 2.0 as an integer, but a count
+    written 2.0 would pass here and be refused by the job (or become a wildcard "seed0.0")."""
     import jsonschema
 
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+def _check_section(section: str, values: Any, where: str, schema: Mapping | None = None) -> None:
     schema = schema or load_schema()
     section_schema = {**schema["$defs"][section], "$defs": schema["$defs"]}
     errors = sorted(
-        jsonschema.Draft202012Validator(section_schema).iter_errors(values),
+        _validator_class()(section_schema).iter_errors(values),
         key=lambda e: list(map(str, e.absolute_path)),
     )
     if errors:
@@ -341,8 +352,6 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
     Strings that Snakemake's nested ``--config`` overrides produce are first typed in place
     (:func:`coerce_cli_strings`).
     """
-    import jsonschema
-
     schema = load_schema(schema_path)
     coerce_cli_strings(config, schema, schema)
     setups = config.get("setups")
@@ -352,7 +361,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
             for section, values in (overrides or {}).items():
                 if section in schema["$defs"] and isinstance(values, dict):
                     coerce_cli_strings(values, schema["$defs"][section], schema)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator_class()(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [f"config key '{_key_path(e.absolute_path)}': {e.message}" for e in errors[:10]]
