@@ -24,7 +24,7 @@ import kernels
 from hiedit.atomic import save_torch
 from hiedit.config import JobConfig, section_dict
 from hiedit.data.records import QA, EditRecord
-from hiedit.data.tokenize import Batch, encode_qa
+from hiedit.data.tokenize import Batch, check_fits_model, encode_qa
 from hiedit.editor.capture import Capture, capture_gradients
 from hiedit.editor.commit import commit_update
 from hiedit.editor.lowlevel import Factors, LowLevelNet
@@ -287,8 +287,9 @@ class HiEditor:
 
         Each request needs ``prompt`` and ``target_new``; ``subject``, ``rephrase_prompt``,
         ``locality_prompt`` and ``locality_ground_truth`` are optional (the edit itself only uses
-        the prompt and the new target); any other key is refused, naming it. A single dict is one
-        request. All requests are checked before anything is edited.
+        the prompt and the new target); any other key is refused, naming it, and so is a request
+        longer than the model's context. A single dict is one request. All requests are checked
+        before anything is edited.
         """
         if isinstance(requests, Mapping):
             requests = [requests]  # one request
@@ -297,6 +298,8 @@ class HiEditor:
                 f"edit() takes a list of request dicts, got {type(requests).__name__}"
             )
         records = [_request_to_record(i, r) for i, r in enumerate(requests)]
+        # Past the model's context a capture runs on positions the model was never built for.
+        check_fits_model(self.tokenizer, records, self.model, "edit() requests")
         steps = []
         for start in range(0, len(records), self.edits_per_step):
             steps.append(self.edit_records(records[start : start + self.edits_per_step]))
