@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from hiedit.atomic import write_json
+    from hiedit.atomic import check_writable, write_json
     from hiedit.config import read_job_config
     from hiedit.data import check_fits_model, read_split
     from hiedit.editor import load_editor
@@ -73,6 +73,10 @@ def run_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     records = read_split(args.train_data)
+    # A read-only or full folder stops here, not at the first checkpoint hours later.
+    check_writable(Path(args.out).parent)
+    if args.log_curve:
+        check_writable(Path(args.log_curve).parent)
     started = time.perf_counter()
     model, tokenizer = load_model(job.model, device=device)
     check_fits_model(tokenizer, records, model, args.train_data)

@@ -49,7 +49,7 @@ from hiedit.editor.validation import (
     ValidationStream,
     split_validation,
 )
-from hiedit.errors import ConfigError, NonFiniteError
+from hiedit.errors import CheckpointMismatchError, ConfigError, NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -482,7 +482,13 @@ def train_editor(
     validation = _Validation(editor, held_out) if held_out else None
     if resume and partial.is_file():
         state = torch.load(partial, map_location=editor.device, weights_only=False)
-        trainer.restore(state, str(partial))
+        try:
+            trainer.restore(state, str(partial))
+        except CheckpointMismatchError as err:
+            # In the workflow a changed configuration reruns the job with --resume: say what to do.
+            raise CheckpointMismatchError(
+                f"{err}; to train under the new configuration, delete {partial}"
+            ) from err
         if validation is not None:
             validation.restore(state["progress"]["validation"])
         log.info("resuming %s at trajectory %d", partial, trainer.trajectory)

@@ -84,6 +84,7 @@ def run_evaluation(request: EvaluationRequest) -> StreamResult:
     """Run the job's stream (resuming from its state folder) and write its result files."""
     import torch
 
+    from hiedit.atomic import check_writable
     from hiedit.data import check_fits_model
     from hiedit.editors import build_editor
     from hiedit.evaluation.outputs import clear_results
@@ -95,6 +96,10 @@ def run_evaluation(request: EvaluationRequest) -> StreamResult:
     # A failed rerun must not leave the previous run's files looking like its own.
     clear_results(request.out_dir)
     records = read_eval_records(request)
+    state_dir = request.state_dir or request.out_dir / DEFAULT_STATE_DIR
+    # A read-only or full results folder stops here, not after the unedited model is scored.
+    check_writable(request.out_dir)
+    check_writable(state_dir)
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
     seed_everything(job.seed)
     model, tokenizer = load_model(job.model, device=device)
@@ -117,7 +122,7 @@ def run_evaluation(request: EvaluationRequest) -> StreamResult:
         tokenizer,
         records,
         settings,
-        state_dir=request.state_dir or request.out_dir / DEFAULT_STATE_DIR,
+        state_dir=state_dir,
         fingerprint=fingerprint,
         progress=request.progress,
         unedited=unedited,

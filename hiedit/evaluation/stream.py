@@ -233,7 +233,7 @@ class StateFolder:
         if differ:
             raise CheckpointMismatchError(
                 f"{path}: saved by a run with different inputs ({', '.join(differ)}); "
-                "use another state folder or delete this one"
+                f"delete {self.folder} to start this stream over, or use another state folder"
             )
         return progress
 
@@ -243,6 +243,7 @@ class StateFolder:
         started = time.perf_counter()
         self.folder.mkdir(parents=True, exist_ok=True)
         editor_name = f"editor-{progress['done']:08d}.pt"
+        new_file = not (self.folder / editor_name).exists()
         with atomic_path(self.folder / editor_name) as tmp:
             editor.save_state(tmp)
         progress = {
@@ -251,7 +252,13 @@ class StateFolder:
             "fingerprint": self.fingerprint,
             "editor_state": editor_name,
         }
-        save_torch(self.folder / PROGRESS_FILE, progress)
+        try:
+            save_torch(self.folder / PROGRESS_FILE, progress)
+        except BaseException:
+            # The previous pair stays the saved state; an editor file nothing names is litter.
+            if new_file:
+                (self.folder / editor_name).unlink(missing_ok=True)
+            raise
         for old in self.folder.glob("editor-*.pt"):
             if old.name != editor_name:
                 old.unlink(missing_ok=True)
