@@ -6,9 +6,9 @@ the same command) resumes them, and the final ``results/tables/metrics.csv`` is 
 that of an uninterrupted run, as is that of a second clean run.
 
 The runs are restricted to one dataset and one variant of the smoke setup and ask for the metrics
-table only. Training is lengthened (20 trajectories, a resumable checkpoint after each) and the
-stream too (150 edits), so that a kill right after the first resumable state still lands seconds
-before the job's end however loaded the machine is.
+table only. Training is lengthened (20 trajectories, a resumable checkpoint after each, a short
+validation every 5) and the stream too (150 edits), so that a kill right after the first resumable
+state still lands seconds before the job's end however loaded the machine is.
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ def workflow_copy(dest: Path) -> Path:
         job_threads=1,
         geofacts_eval=150,
     )
-    smoke["overrides"]["training"].update(n_trajectories=20, checkpoint_every=1)
+    # Validation on (its state resumes too), short, and no early stop: a predictable length.
+    smoke["overrides"]["training"].update(
+        n_trajectories=20, checkpoint_every=1, validation_edits=20, validate_every=5, patience=0
+    )
     smoke["overrides"]["evaluation"].update(n_edits=150)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return dest
@@ -146,8 +149,18 @@ def test_two_clean_runs_give_byte_identical_metrics(clean_run, tmp_path):
     assert per_edit[0]["selected"].tolist() == per_edit[1]["selected"].tolist()
 
 
+def rerun_from(clean_run: Path, dest: Path, *stale: str) -> Path:
+    """A copy of the clean run's folder without ``stale`` results: the jobs that make them (and
+    those downstream) run again, the data preparation does not."""
+    shutil.copytree(clean_run, dest, symlinks=True)
+    for name in stale:
+        shutil.rmtree(dest / name)
+    return dest
+
+
 def test_training_killed_mid_run_resumes_to_identical_metrics(clean_run, tmp_path):
-    workdir = workflow_copy(tmp_path / "workflow")
+    stale = ("results/editors", "results/eval", "results/tables")
+    workdir = rerun_from(clean_run, tmp_path / "workflow", *stale)
     kill_when(workdir, f"{EDITOR}.partial")
     # Nothing a rerun could take as finished: no editor, no evaluation, no table.
     assert not (workdir / EDITOR).exists()
@@ -169,12 +182,7 @@ def test_training_killed_mid_run_resumes_to_identical_metrics(clean_run, tmp_pat
 
 
 def test_evaluation_killed_mid_stream_resumes_to_identical_metrics(clean_run, tmp_path):
-    # The trained editor of the clean run, its evaluation and table removed: only the
-    # evaluation job (and the table) run again.
-    workdir = tmp_path / "workflow"
-    shutil.copytree(clean_run, workdir, symlinks=True)
-    shutil.rmtree(workdir / "results/eval")
-    (workdir / TARGET).unlink()
+    workdir = rerun_from(clean_run, tmp_path / "workflow", "results/eval", "results/tables")
     kill_when(workdir, f"{EVAL_DIR}/resume-state/progress.pt")
     assert not (workdir / EVAL_DIR / "metrics.json").exists()
     assert not (workdir / EVAL_DIR / "metrics_long.csv").exists()

@@ -267,7 +267,8 @@ def smoke_job(tmp_path) -> Path:
     job = job_config(
         config, resolve_setup(config, "smoke"), "tiny-llama", "geofacts-zsre", "hiedit", 0
     )
-    job["training"].update(n_trajectories=1)
+    # Eight toy records: all of them train (no validation slice).
+    job["training"].update(n_trajectories=1, validation_size=0)
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job))
     return path
