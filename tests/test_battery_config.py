@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -217,12 +216,6 @@ def workflow(tmp_path_factory) -> Path:
     return copy_workflow(tmp_path_factory.mktemp("workflow"))
 
 
-@pytest.fixture
-def checkout_code(monkeypatch):
-    """The rules and the Snakefile import this checkout's package, not another installed copy."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-
-
 def dry_run(workdir: Path, *config: str) -> subprocess.CompletedProcess:
     return run_snakemake(["-n", "--config", "setup=smoke", *config], workdir, timeout=300)
 
@@ -279,9 +272,7 @@ WORKFLOW_CASES = [
 
 @pytest.mark.workflow
 @pytest.mark.parametrize(("config_args", "messages"), WORKFLOW_CASES)
-def test_workflow_refuses_bad_configuration_before_any_job(
-    workflow, checkout_code, config_args, messages
-):
+def test_workflow_refuses_bad_configuration_before_any_job(workflow, config_args, messages):
     result = dry_run(workflow, *config_args)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
@@ -291,7 +282,7 @@ def test_workflow_refuses_bad_configuration_before_any_job(
 
 
 @pytest.mark.workflow
-def test_dry_run_uses_the_workflow_profile(workflow, checkout_code):
+def test_dry_run_uses_the_workflow_profile(workflow):
     result = dry_run(workflow)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr

@@ -25,7 +25,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
-from workflow_helpers import ROOT, copy_workflow
+from workflow_helpers import copy_workflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.workflow]
 
@@ -39,10 +39,9 @@ TIMEOUT = 900
 
 
 def environment() -> dict[str, str]:
-    """This interpreter's environment first on PATH, and this checkout's package importable."""
+    """This interpreter's environment first on PATH (the rules call ``python -m hiedit``)."""
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    python_path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PATH": path, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1"}
 
 
 def workflow_copy(dest: Path) -> Path:
