@@ -31,10 +31,12 @@ def test_paper_dag_has_every_job():
     result = snakemake("-n", "--config", "setup=paper")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    # 2 models × 2 datasets × 3 seeds; trained: hiedit, no-intrinsic, rledit + 4 K-sweep values;
-    # evaluated: those plus hiedit-rand, static-k (hiedit's networks) and hiedit-untrained.
-    assert counts["train_editor"] == 2 * 2 * 3 * 7
-    assert counts["evaluate"] == 2 * 2 * 3 * 10
+    # 2 models × 2 datasets × 3 seeds; fitted: hiedit, no-intrinsic, rledit, step-only,
+    # tuned-step, mend, malmen + 4 K-sweep values; evaluated: those plus hiedit-rand and static-k
+    # (hiedit's networks).
+    assert counts["train_editor"] == 2 * 2 * 3 * 11
+    assert counts["evaluate"] == 2 * 2 * 3 * 13
+    assert counts["score_unedited"] == 2 * 2
     assert counts["download_dataset"] == 3
     assert counts["prepare_data"] == 2
     assert counts["gather_metrics"] == 1
