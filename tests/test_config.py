@@ -65,7 +65,7 @@ def test_every_schema_key_has_a_description():
         (lambda c: c["training"].update(back_depth=0), "training.back_depth"),
         (lambda c: c["models"]["smollm2-135m"].update(k=13), "models.smollm2-135m.k"),
         (lambda c: c.update(setup="nope"), "setup"),
-        (lambda c: c["setups"]["smoke"]["models"].append("gpt-5"), "setups.smoke.models[1]"),
+        (lambda c: c["setups"]["smoke"]["models"].append("gpt-5"), "setups.smoke.models[2]"),
         (
             lambda c: c["setups"]["smoke"]["overrides"]["training"].update(time_decay=2),
             "setups.smoke.overrides.training.time_decay",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from hiedit.errors import ModelError
 from hiedit.models import candidate_modules, check_profile, load_model, smollm2
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "source": "random",
@@ -70,3 +74,58 @@ def test_failed_build_leaves_no_output_folder(tmp_path):
         smollm2.build_smollm2(out, wheel=wheel)
     assert not out.exists()
     assert list(out.parent.iterdir()) == []
+
+
+def test_random_model_family_and_architecture_keys_are_checked():
+    with pytest.raises(ModelError, match="family 'gpt2'"):
+        load_model({**TINY, "family": "gpt2"})
+    bad = {**TINY, "architecture": {**TINY["architecture"], "num_hiden_layers": 3}}
+    with pytest.raises(ModelError, match="num_hiden_layers.*LlamaConfig"):
+        load_model(bad)
+    bad = {**TINY, "family": "gemma2", "architecture": {**TINY["architecture"], "rope_theta": 1.0}}
+    assert load_model(bad)[0].config.rope_parameters["rope_theta"] == 1.0  # a legacy key
+
+
+def test_config_rejects_an_unknown_family_naming_the_key():
+    from hiedit.config import load_config, validate_config
+    from hiedit.errors import ConfigError
+
+    config = load_config(ROOT / "config.yaml")
+    config["models"]["tiny-gemma2"]["family"] = "gpt2"
+    with pytest.raises(ConfigError, match=re.escape("'models.tiny-gemma2.family'")):
+        validate_config(config)
+
+
+def test_shipped_tiny_gemma2_has_every_gemma2_mechanism_active(monkeypatch):
+    """The smoke setup's Gemma-2: eager attention, tied head, sliding window, both soft-caps biting."""
+    import torch
+    import transformers.models.gemma2.modeling_gemma2 as gemma2
+    from transformers import Gemma2ForCausalLM
+
+    from hiedit.config import load_config
+    from hiedit.data.tokenize import encode_qa
+
+    entry = load_config(ROOT / "config.yaml")["models"]["tiny-gemma2"]
+    model, tok = load_model(entry)
+    assert isinstance(model, Gemma2ForCausalLM)
+    assert model.config._attn_implementation == "eager"
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    prompts = ["What is the capital of Burkina Faso?", "Which country is the city of Lyon in?"]
+    batch = encode_qa(tok, prompts, ["Ouagadougou", "France"])
+    assert batch.input_ids.shape[1] > model.config.sliding_window
+
+    scores = []
+    eager = gemma2.eager_attention_forward
+
+    def recording(module, query, key, value, mask, **kwargs):
+        key_states = gemma2.repeat_kv(key, module.num_key_value_groups)
+        scores.append((query @ key_states.transpose(2, 3) * kwargs["scaling"]).abs().max())
+        return eager(module, query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(gemma2, "eager_attention_forward", recording)
+    with torch.no_grad():
+        hidden = model.get_decoder()(**batch.model_inputs()).last_hidden_state
+        raw = model.get_output_embeddings()(hidden)
+    assert len(scores) == model.config.num_hidden_layers
+    assert max(scores) > model.config.attn_logit_softcapping
+    assert raw.abs().max() > model.config.final_logit_softcapping

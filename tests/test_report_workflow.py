@@ -90,10 +90,13 @@ def write_synthetic_upstream(workdir: Path, files: list[str]) -> None:
                 ]
                 pd.DataFrame(rows).to_csv(path, index=False)
             elif name == "results/tables/metrics.csv":
-                datasets = sorted({Path(f).parts[-4] for f in files if f.endswith("per_edit.csv")})
-                synthetic_metrics(datasets=datasets, variants=variants, seeds=(0,)).to_csv(
-                    path, index=False
-                )
+                runs = [Path(f).parts for f in files if f.endswith("per_edit.csv")]
+                synthetic_metrics(
+                    models=sorted({parts[-5] for parts in runs}),
+                    datasets=sorted({parts[-4] for parts in runs}),
+                    variants=variants,
+                    seeds=(0,),
+                ).to_csv(path, index=False)
             else:
                 path.write_text("synthetic test input\n")
         # Newer than the previous stage, so only the report jobs are out of date.

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hiedit.data.tokenize import IGNORE_INDEX, Batch
+from hiedit.models.head import output_logits
 
 TOKEN_MODES = ("all", "ans")
 
@@ -79,10 +80,10 @@ def capture_gradients(
         handles.append(module.register_forward_hook(make_hook(index)))
     try:
         with torch.enable_grad():
-            # The LM head only at the answer positions: it is the largest matrix of a small model.
+            # The head only at the answer positions: it is the largest matrix of a small model.
             hidden = model.get_decoder()(**batch.model_inputs(), use_cache=False).last_hidden_state
             positions = batch.labels != IGNORE_INDEX
-            logits = model.get_output_embeddings()(hidden[positions])
+            logits = output_logits(model, hidden[positions])
             loss = position_nll(logits, batch.labels[positions], positions.nonzero()[:, 0])
             order = sorted(outputs)
             grads = torch.autograd.grad(loss, [outputs[i] for i in order])

@@ -22,6 +22,7 @@ from hiedit.data.tokenize import IGNORE_INDEX, Batch, encode_qa
 from hiedit.editor.lowlevel import Factors
 from hiedit.editor.prefix import PrefixCache
 from hiedit.editor.sidepath import side_path
+from hiedit.models.head import output_logits
 
 
 @dataclass
@@ -95,14 +96,16 @@ def answer_logits(
 ) -> torch.Tensor:
     """Logits (P × V) at the answer positions of ``batch`` (row-major order), in fp32.
 
-    With ``prefix``, the unedited lower layers come from its cache.
+    They are the model's own logits at those positions (:func:`~hiedit.models.head.output_logits`:
+    the head and, for Gemma-2, its soft-capping). With ``prefix``, the unedited lower layers come
+    from its cache.
     """
     if prefix is not None:
         hidden = prefix.last_hidden_state(batch)
     else:
         hidden = model.get_decoder()(**batch.model_inputs(), use_cache=False).last_hidden_state
     positions = batch.labels != IGNORE_INDEX
-    logits = model.get_output_embeddings()(hidden[positions])
+    logits = output_logits(model, hidden[positions])
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 

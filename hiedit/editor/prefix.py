@@ -6,13 +6,26 @@ Training scores the same backtracked tuples up to ``back_depth`` times per step 
 weights, ω and the full mask), so caching those hidden states per token sequence and running
 only the upper layers saves about a third of a training step on the embedded model.
 
-Only decoders known to take ``inputs_embeds`` as the first layer's input unchanged are supported
-(Llama family); for others :class:`PrefixCache` reports ``supported = False`` and callers run the
-whole model.
+Exactness needs three things of the decoder's forward (transformers 5.24), each checked here or
+by the tests for every supported model type:
+
+* ``inputs_embeds`` enter the first layer unchanged, so cached hidden states can be fed back as
+  ``inputs_embeds``. Llama: yes. Gemma-2 multiplies its embeddings by sqrt(hidden_size), but
+  inside its embedding module (``embed_scale``), not in the decoder's forward, so a cached state is
+  not scaled a second time; an embedding without ``embed_scale`` turns the cache off.
+* Layer ``i`` gets its attention mask from its own index: Gemma-2 alternates sliding-window and
+  full attention, looked up in ``config.layer_types`` by the position of a layer in the list the
+  forward iterates. Running only the upper layers shifts that position, so the upper pass uses a
+  config whose ``layer_types`` are sliced alike.
+* Nothing else depends on the layer position or crosses layers: rotary embeddings depend on the
+  positions only, and Gemma-2's attention soft-capping is applied inside each attention module.
+
+Other model types report ``supported = False`` and callers run the whole model.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,21 +35,30 @@ from torch import nn
 
 from hiedit.data.tokenize import Batch
 
-# Decoders whose forward feeds inputs_embeds to layer 0 as is (no embedding scaling).
-SUPPORTED_MODEL_TYPES = ("llama",)
+# Decoders whose forward is exact when split at a layer (see the module docstring).
+SUPPORTED_MODEL_TYPES = ("llama", "gemma2")
 
 
 @contextmanager
-def _swap(decoder: nn.Module, layers: nn.ModuleList, norm: nn.Module | None) -> Iterator[None]:
-    saved_layers, saved_norm = decoder.layers, decoder.norm
+def _swap(
+    decoder: nn.Module, layers: nn.ModuleList, norm: nn.Module | None, first: int = 0
+) -> Iterator[None]:
+    """Run ``decoder`` on ``layers`` (decoder layers ``first`` and up) and ``norm``."""
+    saved_layers, saved_norm, saved_config = decoder.layers, decoder.norm, decoder.config
     decoder.layers = layers
     if norm is not None:
         decoder.norm = norm
+    layer_types = getattr(saved_config, "layer_types", None)
+    if layer_types is not None and first > 0:
+        config = copy.copy(saved_config)
+        config.layer_types = list(layer_types[first : first + len(layers)])
+        decoder.config = config
     try:
         yield
     finally:
         decoder.layers = saved_layers
         decoder.norm = saved_norm
+        decoder.config = saved_config
 
 
 class PrefixCache:
@@ -46,11 +68,16 @@ class PrefixCache:
         self.model = model
         self.decoder = model.get_decoder()
         layers = getattr(self.decoder, "layers", None)
+        model_type = getattr(model.config, "model_type", None)
         self.supported = (
-            getattr(model.config, "model_type", None) in SUPPORTED_MODEL_TYPES
+            model_type in SUPPORTED_MODEL_TYPES
             and isinstance(layers, nn.ModuleList)
             and hasattr(self.decoder, "norm")
         )
+        if model_type == "gemma2":
+            self.supported = self.supported and hasattr(
+                getattr(self.decoder, "embed_tokens", None), "embed_scale"
+            )
         self.first = 0
         if self.supported:
             wanted = {id(m) for m in modules}
@@ -97,7 +124,7 @@ class PrefixCache:
             return self.decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
         hidden = self.hidden(batch)
         upper = nn.ModuleList(list(self.decoder.layers)[self.first :])
-        with _swap(self.decoder, upper, None):
+        with _swap(self.decoder, upper, None, self.first):
             out = self.decoder(
                 inputs_embeds=hidden, attention_mask=batch.attention_mask, use_cache=False
             )

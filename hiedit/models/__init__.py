@@ -1,5 +1,19 @@
-"""Backbones: loading from a config entry, profile checks, the embedded model and tiny test models."""
+"""Backbones: loading from a config entry, profile checks, the output head, tiny test models."""
 
-from hiedit.models.loading import candidate_modules, check_profile, load_model, torch_dtype
+from hiedit.models.head import output_logits
+from hiedit.models.loading import (
+    candidate_modules,
+    check_backbone,
+    check_profile,
+    load_model,
+    torch_dtype,
+)
 
-__all__ = ["candidate_modules", "check_profile", "load_model", "torch_dtype"]
+__all__ = [
+    "candidate_modules",
+    "check_backbone",
+    "check_profile",
+    "load_model",
+    "output_logits",
+    "torch_dtype",
+]

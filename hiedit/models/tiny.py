@@ -1,11 +1,15 @@
-"""Offline stand-ins for tests and the smoke setup: a byte-level tokenizer and a random small Llama.
+"""Offline stand-ins for tests and the smoke setup: a byte-level tokenizer and random small models.
 
-Neither needs a download, so unit tests and the CI smoke workflow run on a machine with no model hub.
+A random model is a Llama or a Gemma-2 (the paper's two backbone families) built from a small
+config. Neither needs a download, so unit tests and the CI smoke workflow run on a machine with no
+model hub.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from hiedit.errors import ModelError
 
 SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>"}
 
@@ -40,16 +44,73 @@ def build_byte_tokenizer():
     return tokenizer
 
 
+# family -> (config class, causal-LM class) in transformers.
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+}
+
+
+def build_tiny_model(
+    family: str,
+    architecture: dict[str, Any],
+    tokenizer,
+    seed: int,
+    attn_implementation: str | None = None,
+):
+    """A randomly initialised causal LM of ``family`` from a small config (seeded, fp32, eval mode).
+
+    ``architecture`` holds keyword arguments of the family's config class; a key the class does
+    not define is an error (the config classes would keep it silently and ignore it). Gemma-2's
+    special-token ids are set to the byte tokenizer's.
+    """
+    import dataclasses
+
+    import transformers
+
+    if family not in FAMILIES:
+        raise ModelError(f"random model family {family!r} is not one of {sorted(FAMILIES)}")
+    config_name, model_name = FAMILIES[family]
+    config_cls = getattr(transformers, config_name)
+    # The legacy rope keys are still accepted and moved into ``rope_parameters``.
+    known = {field.name for field in dataclasses.fields(config_cls)} | {
+        "rope_theta",
+        "rope_scaling",
+    }
+    unknown = sorted(set(architecture) - known)
+    if unknown:
+        raise ModelError(
+            f"architecture key(s) {', '.join(unknown)} are not {config_name} arguments"
+        )
+    values: dict[str, Any] = {"vocab_size": len(tokenizer)}
+    if family == "gemma2":
+        # Gemma-2's defaults are Gemma's own token ids; its pad id 0 would be a byte here, and the
+        # embedding row of the pad id is initialised to zero.
+        values.update(
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    values.update(architecture)
+    if attn_implementation is not None:
+        values["attn_implementation"] = attn_implementation
+    return _seeded_build(getattr(transformers, model_name), config_cls(**values), seed)
+
+
 def build_tiny_llama(architecture: dict[str, Any], vocab_size: int, seed: int):
     """A randomly initialised ``LlamaForCausalLM`` from a small config (seeded, fp32, eval mode)."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab_size, **architecture)
+    return _seeded_build(LlamaForCausalLM, LlamaConfig(vocab_size=vocab_size, **architecture), seed)
+
+
+def _seeded_build(model_cls, config, seed: int):
+    import torch
+
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = LlamaForCausalLM(config)
+        model = model_cls(config)
     finally:
         torch.random.set_rng_state(generator_state)
     return model.eval()
