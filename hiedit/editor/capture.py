@@ -4,7 +4,9 @@ One forward and backward of the current model on the edit tuples. Forward hooks 
 candidate module's input and output; the output gradients come from ``torch.autograd.grad`` on
 those outputs, so no parameter gradient is ever computed and the backward stops at the earliest
 candidate module. Rows are kept for every attended position (``token: all``, MEND style) or for
-the answer positions only (``token: ans``, MALMEN style), in fp32.
+the answer positions only (``token: ans``, MALMEN style), in fp32. The loss is taken on the
+model's own logits (:func:`~hiedit.models.head.output_logits`, e.g. Gemma-2's soft-capped ones),
+computed at the answer positions only.
 """
 
 from __future__ import annotations

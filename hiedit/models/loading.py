@@ -24,10 +24,11 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 # Attention implementation forced per model type. Gemma-2 soft-caps its attention scores
 # (cap · tanh(scores / cap), cap 50 in Gemma-2-9B); the eager implementation applies it and
-# PyTorch's SDPA cannot. Transformers 5.24 refuses SDPA for Gemma-2 and falls back to eager, but
-# earlier releases picked SDPA and dropped the capping; naming eager keeps the loaded model the
-# model Gemma-2 defines under any version and on any device (flash attention, the other exact
-# choice, is an optional GPU package).
+# PyTorch's SDPA kernel cannot. Transformers 5.24 refuses SDPA for Gemma-2 and falls back to
+# eager by itself; naming eager makes that a checked requirement of the editor (see
+# check_backbone) instead of a library default that another release could change. Flash and
+# flex attention also cap, but need optional packages or a compiler; prompts are short, so
+# eager's T × T score matrix costs little.
 ATTENTION = {"gemma2": "eager"}
 
 
