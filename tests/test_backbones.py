@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_editor_support import MODULES, tiny_job, toy_records
+from editor_helpers import MODULES, tiny_job, toy_records
 
 from hiedit.config import load_config
 from hiedit.data.tokenize import IGNORE_INDEX, encode_qa

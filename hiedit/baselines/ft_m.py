@@ -40,7 +40,7 @@ from hiedit.data.tokenize import IGNORE_INDEX, Batch, encode_qa
 from hiedit.editor.api import EditStep, check_identity
 from hiedit.editor.capture import position_nll
 from hiedit.errors import CheckpointMismatchError, ConfigError, NonFiniteError
-from hiedit.models import candidate_modules
+from hiedit.models import candidate_modules, output_logits
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +180,9 @@ class FTMEditor:
             logits = torch.func.functional_call(self.model, params, args=(), kwargs=inputs).logits
             logits = logits[positions]
         else:
-            # The LM head only at the answer positions, as in gradient capture.
+            # The output head only at the answer positions, as in gradient capture.
             out = torch.func.functional_call(self.forward_target, params, args=(), kwargs=inputs)
-            logits = self.model.get_output_embeddings()(out.last_hidden_state[positions])
+            logits = output_logits(self.model, out.last_hidden_state[positions])
         targets = batch.labels[positions]
         loss = position_nll(logits, targets, positions.nonzero()[:, 0]) / batch.labels.shape[0]
         solved = bool((logits.argmax(-1) == targets).all())
