@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hiedit.errors import CheckpointMismatchError, ConfigError, ModelError
+from hiedit.models.head import output_logits
 
 if TYPE_CHECKING:
     import torch
@@ -252,17 +253,6 @@ def _with_hidden(output, hidden):
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
-def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Next-token logits (fp32) from final hidden states, with Gemma-2's soft-capping if any."""
-    import torch
-
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 def pad_rows(tokenizer, rows: Sequence[Sequence[int]], device):
     import torch
 
@@ -349,14 +339,14 @@ def optimise_target(
                 hidden = model.get_decoder()(
                     input_ids=input_ids, attention_mask=attention_mask, use_cache=False
                 ).last_hidden_state
-                log_probs = torch.log_softmax(lm_logits(model, hidden[answer]), -1)
+                log_probs = torch.log_softmax(output_logits(model, hidden[answer]).float(), -1)
                 picked = log_probs.gather(1, labels[answer][:, None])[:, 0]
                 per_row = picked.new_zeros(len(texts)).index_add(0, answer_rows, picked)
                 nll = -(per_row / n_answer).mean()
                 loss = nll
                 if kl_row is not None:
                     kl_log = torch.log_softmax(
-                        lm_logits(model, hidden[kl_row, positions[kl_row]][None]), -1
+                        output_logits(model, hidden[kl_row, positions[kl_row]][None]).float(), -1
                     )
                     if kl_init is None:
                         kl_init = kl_log.detach()
