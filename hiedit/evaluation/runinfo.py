@@ -39,6 +39,30 @@ def library_version(name: str) -> str | None:
         return None
 
 
+def source_revision() -> dict[str, Any] | None:
+    """The git commit of the source tree the package runs from, and whether it had local
+    changes (``None`` outside a git checkout, e.g. an installed wheel)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", "hiedit", "kernels")
+    return {"commit": commit, "local_changes": bool(changes)}
+
+
 def cpu_name() -> str:
     """A human-readable CPU model name (``/proc/cpuinfo`` on Linux, else ``platform``)."""
     try:
@@ -74,6 +98,7 @@ def collect_runinfo(
     """The ``runinfo.json`` content: versions, Python, platform, device, seeds and ``extra``."""
     info: dict[str, Any] = {
         "versions": {name: library_version(name) for name in LIBRARIES},
+        "source": source_revision(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device_info(device),
