@@ -67,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--save-every",
         type=int,
         default=None,
-        help="save the stream state every N edits (default: by a time budget, at most once a "
-        "minute and at most 5 %% of the stream's time; always after the last edit)",
+        help="save the stream state every N edits (default: by a time budget, at most every "
+        "10 minutes and at most 5 %% of the stream's time; always after the last edit)",
     )
     parser.add_argument("--keep-state", action="store_true", help="keep the state after success")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
