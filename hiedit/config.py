@@ -465,11 +465,16 @@ def variant_sections(
     """The setup's ``editor`` and ``training`` sections with the variant's own values on top."""
     spec = registry.get(variant)
     editor = {**editor, **spec.editor_overrides}
-    base_edits = int(training["n_trajectories"]) * int(training["trajectory_length"])
+    setup_length = int(training["trajectory_length"])
+    base_edits = int(training["n_trajectories"]) * setup_length
     training = {**training, **spec.training_overrides}
     if spec.same_edits:
-        # Single-edit training sees as many edits as the setup's trajectory training.
-        training["n_trajectories"] = max(1, base_edits // int(training["trajectory_length"]))
+        # Single-edit training sees as many edits as the setup's trajectory training, and is
+        # validated and checkpointed after as many edits as the setup's training is.
+        length = int(training["trajectory_length"])
+        training["n_trajectories"] = max(1, base_edits // length)
+        for key in ("validate_every", "checkpoint_every"):
+            training[key] = max(1, int(training[key]) * setup_length // length)
     return editor, training
 
 

@@ -171,6 +171,9 @@ def test_variant_overrides_are_written_into_the_run_configuration(config):
     # single-edit training sees as many edits as the setup's trajectories
     edits = hiedit["training"]["n_trajectories"] * hiedit["training"]["trajectory_length"]
     assert mend["training"]["n_trajectories"] == edits
+    # ... and is validated after as many edits as the trajectory training
+    length = hiedit["training"]["trajectory_length"]
+    assert mend["training"]["validate_every"] == hiedit["training"]["validate_every"] * length
     step_only = job_config(config, resolved, "tiny-llama", "geofacts-zsre", "step-only", 0)
     assert step_only["training"]["trainable"] == "step_size"
     assert hiedit["training"]["trainable"] == "all"
