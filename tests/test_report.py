@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from hiedit import registry
 from hiedit.cli import main
 from hiedit.reporting.figures import (
     edit_time_figure,
@@ -26,7 +27,7 @@ from hiedit.reporting.inputs import (
     read_train_logs,
     run_identity,
 )
-from hiedit.reporting.paper import paper_number, paper_numbers
+from hiedit.reporting.paper import PAPER_ROWS, paper_number, paper_numbers
 from hiedit.reporting.tables import (
     ablation_table,
     main_table,
@@ -205,6 +206,7 @@ def test_main_table_has_every_variant_and_the_mean_over_two_seeds():
     metrics = synthetic_metrics()
     table = main_table(metrics, "tiny-llama", "geofacts-zsre")
     assert table["Variant"].iloc[0] == "unedited"
+    assert table["Editor"].iloc[0] == "Unedited"
     assert set(table["Variant"]) == {"unedited", *VARIANTS}
     assert (table["Seeds"] == 2).all()
     # No paper numbers for this model: no paper columns.
@@ -240,10 +242,71 @@ def test_main_table_puts_the_paper_beside_ours():
 
 def test_paper_numbers_are_only_the_published_ones():
     numbers = paper_numbers()
-    assert len(numbers) == 3 * 4 + 3
-    assert set(numbers["model"]) == {"llama3-8b"}
+    assert len(numbers) == 3 * 4 + 3 + 4 + 1
+    assert set(numbers["model"]) == {"llama3-8b", "gemma2-9b"}
     assert paper_number("llama3-8b", "zsre", "hiedit", "retention_efficacy") == 75.16
+    assert paper_number("gemma2-9b", "zsre", "alphaedit", "retention_efficacy") == 13.19
+    assert paper_number("gemma2-9b", "counterfact", "alphaedit", "efficacy") == 38.17
     assert paper_number("gemma2-9b", "zsre", "hiedit", "efficacy") is None
+
+
+def test_paper_rows_agree_with_the_registry():
+    for variant, paper_row in PAPER_ROWS.items():
+        if variant in registry.VARIANTS:
+            assert registry.VARIANTS[variant].paper_row == paper_row, variant
+    assert set(paper_numbers()["variant"]) <= set(PAPER_ROWS)
+
+
+def test_main_table_uses_registry_labels_and_order():
+    metrics = synthetic_metrics(variants=["rledit", "hiedit-k1", "hiedit", "static-k"], seeds=(0,))
+    table = main_table(metrics, "tiny-llama", "geofacts-zsre")
+    assert list(table["Variant"]) == ["unedited", "hiedit", "static-k", "rledit", "hiedit-k1"]
+    assert list(table["Editor"]) == ["Unedited", "HiEdit", "static K", "RLEdit", "HiEdit K=1"]
+
+
+def test_gemma_table_puts_alphaedit_beside_the_paper():
+    metrics = synthetic_metrics(
+        models=("gemma2-9b",), datasets=("zsre",), variants=["hiedit", "alphaedit"], seeds=(0,)
+    )
+    table = main_table(metrics, "gemma2-9b", "zsre").set_index("Variant")
+    assert table.loc["alphaedit", "Efficacy (paper)"] == "15.79"
+    assert table.loc["hiedit", "Retention (paper)"] == "—"
+
+
+def test_main_table_adds_time_and_memory_per_editor(tmp_path):
+    rng = random.Random(3)
+    paths = []
+    for variant, scale in (("hiedit", 0.01), ("rledit", 0.02)):
+        for seed in (0, 1):
+            rows = [(i, f"r{i}", "P17", MODULES[0], scale * (1 + i)) for i in range(5)]
+            path = write_per_edit(tmp_path, "tiny-llama", "geofacts-zsre", variant, seed, rows)
+            frame = pd.read_csv(path)
+            frame["rss_mib"] = [500.0 + 10 * seed + rng.random() for _ in range(5)]
+            frame.loc[2, "rss_mib"] = 600.0 + 10 * seed  # the peak
+            frame.to_csv(path, index=False)
+            paths.append(path)
+    # A run of another dataset must not count, and an older file without rss_mib still reads.
+    other = write_per_edit(
+        tmp_path, "tiny-llama", "geofacts-counterfact", "hiedit", 0, [(0, "r", "P17", "", 9.0)]
+    )
+    per_edit = read_per_edit([*paths, other])
+    metrics = synthetic_metrics(variants=["hiedit", "rledit", "static-k"])
+    table = main_table(metrics, "tiny-llama", "geofacts-zsre", per_edit=per_edit)
+    table = table.set_index("Variant")
+    # Median of 0.01 * (1..5) s is 30 ms on both seeds; peaks 600 and 610 MiB.
+    assert table.loc["hiedit", "Time per edit (ms)"] == "30.0 ± 0.0"
+    assert table.loc["rledit", "Time per edit (ms)"] == "60.0 ± 0.0"
+    assert table.loc["hiedit", "Peak RSS (MiB)"] == mean_interval([600.0, 610.0]).format(digits=0)
+    assert table.loc["static-k", "Time per edit (ms)"] == "—"
+    assert table.loc["unedited", "Peak RSS (MiB)"] == "—"
+    counterfact = main_table(
+        synthetic_metrics(datasets=("geofacts-counterfact",), variants=["hiedit"]),
+        "tiny-llama",
+        "geofacts-counterfact",
+        per_edit=per_edit,
+    ).set_index("Variant")
+    assert counterfact.loc["hiedit", "Time per edit (ms)"] == "9000.0"
+    assert counterfact.loc["hiedit", "Peak RSS (MiB)"] == "—"
 
 
 def test_ablation_table_pairs_differences_by_seed():

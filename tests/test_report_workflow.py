@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import subprocess
 import time
 import zipfile
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from test_report import synthetic_metrics
 from workflow_helpers import ROOT, copy_workflow, run_snakemake
 
 # Targets that need only the evaluation and training outputs (not the kernel benchmark).
-RESULT_TARGETS = ["main_table", "ablations", "curves", "timing"]
+RESULT_TARGETS = ["main_table", "ablations", "claims", "curves", "timing"]
 SMOKE_MODULES = [
     "model.layers.1.mlp.gate_proj",
     "model.layers.2.mlp.gate_proj",
@@ -85,10 +87,14 @@ def write_synthetic_upstream(workdir: Path, files: list[str]) -> None:
                         "relation": rng.choice(["capital", "currency"]),
                         "selected": ";".join(rng.sample(SMOKE_MODULES, 2)),
                         "seconds": rng.uniform(0.001, 0.01),
+                        "wall_seconds": rng.uniform(0.01, 0.02),
+                        "rss_mib": rng.uniform(400.0, 420.0),
                     }
                     for i in range(12)
                 ]
                 pd.DataFrame(rows).to_csv(path, index=False)
+            elif name.endswith("validation.csv"):
+                write_validation(path, Path(name).parts[-3], rng)
             elif name == "results/tables/metrics.csv":
                 runs = [Path(f).parts for f in files if f.endswith("per_edit.csv")]
                 synthetic_metrics(
@@ -101,6 +107,30 @@ def write_synthetic_upstream(workdir: Path, files: list[str]) -> None:
                 path.write_text("synthetic test input\n")
         # Newer than the previous stage, so only the report jobs are out of date.
         time.sleep(1.1)
+
+
+VALIDATION_METRICS = [
+    "efficacy",
+    "generalization",
+    "specificity",
+    "specificity_agreement",
+    "specificity_agreement_correct",
+    "specificity_kl",
+    "retention_efficacy",
+]
+
+
+def write_validation(path: Path, variant: str, rng: random.Random) -> None:
+    """A trained editor's validations, or the step-size search's candidates for tuned-step."""
+    n = 4
+    if variant == "tuned-step":
+        frame = pd.DataFrame({"candidate": range(n), "phase": "grid"})
+    else:
+        frame = pd.DataFrame({"trajectory": [2 * i for i in range(n)]})
+    frame["score"] = [rng.random() for _ in range(n)]
+    for metric in VALIDATION_METRICS:
+        frame[metric] = [rng.random() for _ in range(n)]
+    frame.to_csv(path, index=False)
 
 
 def report_members(archive: Path) -> list[str]:
@@ -118,7 +148,16 @@ def test_report_rules_on_synthetic_upstream_files(workflow_copy):
     names = {Path(m).name for m in members}
     assert {"geofacts-zsre.csv", "geofacts-zsre.html", "geofacts-counterfact.png"} <= names
     assert {"figure1_k_sweep.png", "figure2_learning_curves.png", "figure4_edit_time.png"} <= names
-    assert "figure5_training_curves.png" in names
+    assert {"figure5_training_curves.png", "figure7_validation_curves.png"} <= names
+    assert {"claims.csv", "claims.html", "figure7_validation_curves.csv"} <= names
+    claims = pd.read_csv(workflow_copy / "results/report/claims.csv")
+    assert set(claims["Dataset"]) == {"geofacts-zsre", "geofacts-counterfact"}
+    # Only the ZsRE-format dataset carries the efficacy/retention targets.
+    targets = claims[claims["Comparison"] == "hiedit Efficacy − 60"]
+    assert targets["Dataset"].tolist() == ["geofacts-zsre"]
+    table1 = pd.read_csv(workflow_copy / "results/report/table1/tiny-llama/geofacts-zsre.csv")
+    assert table1["Time per edit (ms)"].iloc[1] != "—"
+    assert table1["Peak RSS (MiB)"].iloc[1] != "—"
     page = next(m for m in members if m.endswith("report.html"))
     with zipfile.ZipFile(report) as handle:
         html = handle.read(page).decode()
@@ -126,9 +165,40 @@ def test_report_rules_on_synthetic_upstream_files(workflow_copy):
     assert "Table 1 \\u2014 main results on tiny-llama / geofacts-zsre" in html
 
 
+def with_long_stream(workdir: Path) -> None:
+    """Give the copied smoke setup a long stream of 40 edits for hiedit and rledit."""
+    path = workdir / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["setups"]["smoke"]["long_stream"] = {
+        "datasets": ["geofacts-zsre"],
+        "variants": ["hiedit", "rledit"],
+        "seeds": [0],
+        "n_edits": 40,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def test_long_stream_target_lists_its_runs_and_figure(workflow_copy):
+    # Without a long stream in the setup the target is empty.
+    dry = snakemake(workflow_copy, "-n", targets=["long_stream"])
+    assert "evaluate_long" not in dry.stdout
+    with_long_stream(workflow_copy)
+    dry = snakemake(workflow_copy, "-n", "-p", targets=["long_stream"])
+    assert re.search(r"^evaluate_long\s+2$", dry.stdout, re.M), dry.stdout[-2000:]
+    # 40 edits: windows of 4 (at least ten windows).
+    assert "report long-stream" in dry.stdout and "--window 4 " in dry.stdout
+    # The default target leaves the long stream out.
+    assert "evaluate_long" not in snakemake(workflow_copy, "-n").stdout
+
+
 def test_smoke_setup_builds_the_report(workflow_copy):
-    snakemake(workflow_copy, "--cores", "2")
+    with_long_stream(workflow_copy)
+    snakemake(workflow_copy, "--cores", "2", targets=["all", "long_stream"])
     report = workflow_copy / "report.zip"
-    snakemake(workflow_copy, "--report", str(report))
+    snakemake(workflow_copy, "--report", str(report), targets=["all", "long_stream"])
     names = {Path(m).name for m in report_members(report)}
     assert {"figure1_k_sweep.png", "figure6_kernel_benchmark.png", "geofacts-zsre.csv"} <= names
+    assert {"claims.html", "figure7_validation_curves.png", "figure8_long_stream.png"} <= names
+    summary = pd.read_csv(workflow_copy / "results/report/figure8_long_stream.csv")
+    assert set(summary["variant"]) == {"hiedit", "rledit"}
+    assert (summary["n_windows"] >= 9).all()

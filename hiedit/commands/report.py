@@ -29,7 +29,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
         table.add_argument("--csv", required=True, help="output CSV")
         table.add_argument("--html", help="also write the table as an HTML page here")
+        if name == "main-table":
+            table.add_argument(
+                "--per-edit",
+                nargs="*",
+                default=None,
+                metavar="PER_EDIT",
+                help="per_edit.csv files of the runs: adds the time per edit and peak memory "
+                "columns (files of other models or datasets are ignored)",
+            )
         table.set_defaults(func=func)
+
+    claims = sub.add_parser("claims", help="the claims table: each claim of the paper, tested")
+    claims.add_argument("--metrics", required=True, help="the tidy metrics table (metrics.csv)")
+    claims.add_argument(
+        "--per-edit",
+        nargs="*",
+        default=[],
+        metavar="PER_EDIT",
+        help="per_edit.csv files of hiedit and no-intrinsic (the router's selectivity)",
+    )
+    claims.add_argument(
+        "--default-k", nargs="*", default=[], metavar="MODEL=K", help="each model's default K"
+    )
+    claims.add_argument(
+        "--n-modules",
+        nargs="*",
+        default=[],
+        metavar="MODEL=L",
+        help="each model's number of candidate modules",
+    )
+    claims.add_argument(
+        "--zsre",
+        nargs="*",
+        default=[],
+        metavar="DATASET",
+        help="datasets in the ZsRE format (where the study's efficacy/retention targets apply)",
+    )
+    claims.add_argument("--csv", required=True, help="output CSV")
+    claims.add_argument("--html", help="also write the table as an HTML page here")
+    claims.set_defaults(func=_claims)
 
     sweep = sub.add_parser("k-sweep", help="Figure 1: final metrics against K")
     sweep.add_argument("--metrics", required=True, help="the tidy metrics table (metrics.csv)")
@@ -88,6 +127,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     training.add_argument("--out", required=True, help="output PNG")
     training.set_defaults(func=_training_curves)
 
+    register_streams(sub)
+
+
+def register_streams(sub: argparse._SubParsersAction) -> None:
+    validation = sub.add_parser(
+        "validation-curves", help="Figure 7: validation metrics during editor training"
+    )
+    validation.add_argument(
+        "validation", nargs="+", help="validation.csv files (trained editors and step searches)"
+    )
+    validation.add_argument("--out", required=True, help="output PNG")
+    validation.add_argument("--summary", help="also write the best validation per run as CSV here")
+    validation.set_defaults(func=_validation_curves)
+
+    long = sub.add_parser(
+        "long-stream", help="Figure 8: cost and learning curves of the long stream"
+    )
+    long.add_argument("per_edit", nargs="+", help="per_edit.csv files of the long stream")
+    long.add_argument("--curves", nargs="*", default=[], help="curve.csv files of the same runs")
+    long.add_argument(
+        "--window", type=int, default=1000, help="edits per window (medians per window)"
+    )
+    long.add_argument("--out", required=True, help="output PNG")
+    long.add_argument("--windows", help="also write every window's medians as CSV here")
+    long.add_argument(
+        "--summary", help="also write per run the last/first window ratios as CSV here"
+    )
+    long.set_defaults(func=_long_stream)
+
 
 def _pairs(values: list[str], option: str) -> dict[str, int]:
     from hiedit.errors import ConfigError
@@ -101,21 +169,23 @@ def _pairs(values: list[str], option: str) -> dict[str, int]:
     return pairs
 
 
-def _write_table(args: argparse.Namespace, build, title: str) -> int:
+def _write_table(args: argparse.Namespace, build, title: str, **extra) -> int:
     from hiedit.reporting.inputs import read_metrics
     from hiedit.reporting.tables import write_table
 
     metrics = read_metrics(args.metrics)
-    table = build(metrics, args.model, args.dataset, source=args.metrics)
+    table = build(metrics, args.model, args.dataset, source=args.metrics, **extra)
     write_table(table, args.csv, args.html, f"{title}: {args.model} / {args.dataset}")
     print(table.to_string(index=False))
     return 0
 
 
 def _main_table(args: argparse.Namespace) -> int:
+    from hiedit.reporting.inputs import read_per_edit
     from hiedit.reporting.tables import main_table
 
-    return _write_table(args, main_table, "Table 1")
+    per_edit = read_per_edit(args.per_edit) if args.per_edit else None
+    return _write_table(args, main_table, "Table 1", per_edit=per_edit)
 
 
 def _ablation_table(args: argparse.Namespace) -> int:
@@ -181,4 +251,51 @@ def _training_curves(args: argparse.Namespace) -> int:
 
     logs, x_name = read_train_logs(args.train_log, x=args.x, y=args.y)
     training_curves_figure(logs, args.out, x_label=x_name)
+    return 0
+
+
+def _claims(args: argparse.Namespace) -> int:
+    from hiedit.reporting.claims import claims_table, display_table, write_claims
+    from hiedit.reporting.inputs import read_metrics, read_per_edit
+
+    table = claims_table(
+        read_metrics(args.metrics),
+        per_edit=read_per_edit(args.per_edit) if args.per_edit else None,
+        default_k=_pairs(args.default_k, "--default-k"),
+        n_modules=_pairs(args.n_modules, "--n-modules"),
+        zsre_datasets=args.zsre,
+    )
+    write_claims(table, args.csv, args.html)
+    print(display_table(table).to_string(index=False))
+    return 0
+
+
+def _validation_curves(args: argparse.Namespace) -> int:
+    from hiedit.atomic import atomic_path
+    from hiedit.reporting.figures import validation_curves_figure
+    from hiedit.reporting.inputs import read_validation
+
+    summary = validation_curves_figure(read_validation(args.validation), args.out)
+    if args.summary:
+        with atomic_path(args.summary) as tmp:
+            summary.to_csv(tmp, index=False)
+    print(summary.to_string(index=False))
+    return 0
+
+
+def _long_stream(args: argparse.Namespace) -> int:
+    from hiedit.atomic import atomic_path
+    from hiedit.reporting.inputs import read_curves, read_per_edit
+    from hiedit.reporting.long_stream import long_stream_figure, stream_summary, stream_windows
+
+    per_edit = read_per_edit(args.per_edit, required=("wall_seconds", "rss_mib"))
+    windows = stream_windows(per_edit, args.window)
+    curves = read_curves(args.curves) if args.curves else None
+    long_stream_figure(windows, curves, args.out)
+    summary = stream_summary(windows, args.window)
+    for frame, path in ((windows, args.windows), (summary, args.summary)):
+        if path:
+            with atomic_path(path) as tmp:
+                frame.to_csv(tmp, index=False)
+    print(summary.to_string(index=False))
     return 0

@@ -1,4 +1,5 @@
-"""The report's figures: K sweep, learning curves, mask usage, per-edit time and training curves.
+"""The report's figures: K sweep, learning curves, mask usage, per-edit time, training curves and
+validation curves.
 
 Each ``*_figure`` function takes tables from :mod:`hiedit.reporting.inputs`, draws with seaborn
 and writes one PNG atomically. Metrics are shown in percent; error bars are the 95 % Student-t
@@ -13,7 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from hiedit import registry
-from hiedit.reporting.inputs import MODULE_SEPARATOR, PHASE_COLUMNS, ReportInputError
+from hiedit.reporting.inputs import (
+    MODULE_SEPARATOR,
+    PHASE_COLUMNS,
+    RUN_COLUMNS,
+    ReportInputError,
+    ValidationLogs,
+)
 from hiedit.reporting.tables import (
     REFERENCE_VARIANT,
     TABLE_METRICS,
@@ -440,3 +447,164 @@ def training_curves_figure(
     grid.figure.suptitle("Editor training", y=1.02)
     _save(grid.figure, out)
     return data
+
+
+# Validation metrics drawn against the trajectory (the score is what early stopping maximises).
+VALIDATION_METRICS: dict[str, str] = {
+    "score": "Validation score",
+    "efficacy": "Efficacy",
+    "specificity": "Specificity",
+    "specificity_agreement_correct": "Specificity agreement (correct)",
+    "retention_efficacy": "Retention",
+}
+SEARCH_TITLE = "tuned-step search"
+
+
+def validation_summary(logs: ValidationLogs) -> pd.DataFrame:
+    """Per run: number of validations, the best score (percent), where it was reached, the last.
+
+    Trained editors' runs give the best ``trajectory``; the step-size search gives the best
+    ``candidate``; runs whose file is empty are listed with 0 validations.
+    """
+    import pandas as pd
+
+    rows = []
+    for frame, x in ((logs.trajectories, "trajectory"), (logs.candidates, "candidate")):
+        scores = frame[frame["metric"] == "score"]
+        for (model, dataset, variant, seed), run in scores.groupby(list(RUN_COLUMNS)):
+            run = run.sort_values(x)
+            best = run.loc[run["value"].idxmax()]
+            rows.append(
+                {
+                    "model": model,
+                    "dataset": dataset,
+                    "variant": variant,
+                    "seed": int(seed),
+                    "kind": x,
+                    "n_validations": len(run),
+                    "best_at": int(best[x]),
+                    "best_score": 100.0 * float(best["value"]),
+                    "first_score": 100.0 * float(run["value"].iloc[0]),
+                    "last_score": 100.0 * float(run["value"].iloc[-1]),
+                }
+            )
+    for identity in logs.empty:
+        rows.append({**identity, "kind": "none", "n_validations": 0})
+    summary = pd.DataFrame(
+        rows,
+        columns=[
+            *RUN_COLUMNS,
+            "kind",
+            "n_validations",
+            "best_at",
+            "best_score",
+            "first_score",
+            "last_score",
+        ],
+    )
+    order = {v: i for i, v in enumerate(order_variants(summary["variant"].unique()))}
+    summary["_order"] = summary["variant"].map(order)
+    summary = summary.sort_values(["model", "dataset", "_order", "seed"]).drop(columns="_order")
+    return summary.reset_index(drop=True)
+
+
+def _draw_message(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def validation_curves_figure(logs: ValidationLogs, out: str | os.PathLike[str]) -> pd.DataFrame:
+    """Figure 7: the validation metrics (percent) against the training trajectory, per variant.
+
+    One row of panels per model × dataset, one column per metric of :data:`VALIDATION_METRICS`;
+    lines are means over seeds with their 95 % t-interval. Where the step-size search ran, a last
+    column shows its candidates' scores in search order (one marker per candidate, coloured by
+    search phase, a line for each seed's best so far). Returns :func:`validation_summary`.
+    """
+    _setup()
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    trajectories = logs.trajectories[logs.trajectories["metric"].isin(VALIDATION_METRICS)].copy()
+    trajectories["value"] = trajectories["value"] * 100.0
+    candidates = logs.candidates[logs.candidates["metric"] == "score"].copy()
+    candidates["value"] = candidates["value"] * 100.0
+    runs = sorted(set(_run_label(trajectories)) | set(_run_label(candidates)))
+    summary = validation_summary(logs)
+    if not runs:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        names = ", ".join(f"{e['variant']} seed {e['seed']}" for e in logs.empty) or "no run"
+        _draw_message(ax, f"No validation was logged (empty validation files: {names}).")
+        _save(fig, out)
+        return summary
+    trajectories["run"] = _run_label(trajectories)
+    candidates["run"] = _run_label(candidates)
+    columns = list(VALIDATION_METRICS) + ([SEARCH_TITLE] if len(candidates) else [])
+    variants = order_variants(trajectories["variant"].unique())
+    palette = variant_palette(variants)
+    search_colour = registry.VARIANTS["tuned-step"].colour
+    fig, axes = plt.subplots(
+        len(runs),
+        len(columns),
+        figsize=(2.9 * len(columns), 2.5 * len(runs) + 0.6),
+        squeeze=False,
+    )
+    for r, run in enumerate(runs):
+        for c, column in enumerate(columns):
+            ax = axes[r][c]
+            if column == SEARCH_TITLE:
+                mine = candidates[candidates["run"] == run]
+                if mine.empty:
+                    _draw_message(ax, "no step-size search")
+                    continue
+                sns.scatterplot(
+                    data=mine, x="candidate", y="value", hue="phase", s=18, ax=ax, legend=True
+                )
+                for _, seed_run in mine.groupby("seed"):
+                    seed_run = seed_run.sort_values("candidate")
+                    best = seed_run["value"].cummax()
+                    ax.plot(seed_run["candidate"], best, color=search_colour, linewidth=1.0)
+                ax.set_xlabel("candidate")
+                ax.legend(title="phase", fontsize=7, title_fontsize=7)
+                if r == 0:
+                    ax.set_title(f"{SEARCH_TITLE}: score")
+            else:
+                mine = trajectories[
+                    (trajectories["run"] == run) & (trajectories["metric"] == column)
+                ]
+                if mine.empty:
+                    _draw_message(ax, "not logged")
+                else:
+                    sns.lineplot(
+                        data=mine,
+                        x="trajectory",
+                        y="value",
+                        hue="variant",
+                        hue_order=[v for v in variants if v in set(mine["variant"])],
+                        palette=palette,
+                        errorbar=_t_interval,
+                        err_kws={"alpha": 0.15},
+                        marker="o",
+                        markersize=4,
+                        ax=ax,
+                        legend=False,
+                    )
+                    ax.set_xlabel("trajectories trained")
+                if r == 0:
+                    ax.set_title(VALIDATION_METRICS[column])
+            ax.set_ylabel("\n".join([*run.split(" / "), "%"]) if c == 0 else "")
+    handles = [
+        plt.Line2D([], [], color=palette[v], marker="o", linewidth=1.5, label=v) for v in variants
+    ]
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=min(len(handles), 6),
+            frameon=False,
+            bbox_to_anchor=(0.5, -0.02),
+        )
+    fig.suptitle("Validation during editor training", y=1.0)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    _save(fig, out)
+    return summary

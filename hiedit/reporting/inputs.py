@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,11 +23,16 @@ METRICS_COLUMNS = ("model", "dataset", "variant", "seed", "n_edits", "metric", "
 PER_EDIT_COLUMNS = ("index", "relation", "selected", "seconds")
 # Per-phase times of an edit, kept where a run wrote them.
 PHASE_COLUMNS = tuple(phase_column(phase) for phase in EDIT_PHASES)
+# Wall time of the whole edit call and resident memory after it: absent from older result files,
+# so a run without them reads as missing values instead of failing the report.
+MEASURE_COLUMNS = ("wall_seconds", "rss_mib")
 RUN_COLUMNS = ("model", "dataset", "variant", "seed")
 # Step-like columns a training log may be indexed by, in order of preference.
 # global_step first: "step" restarts at 0 in every trajectory.
 TRAIN_X_CANDIDATES = ("global_step", "step", "trajectory")
 MODULE_SEPARATOR = ";"
+# The step-size search logs each candidate's step size per module as ``step_<module>``.
+STEP_PREFIX = "step_"
 NO_RELATION = "(none)"
 
 _RUN_DIR = re.compile(r"^seed(?P<seed>\d+)$")
@@ -92,35 +98,156 @@ def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
     return frame[list(METRICS_COLUMNS)]
 
 
-def read_per_edit(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
+def _numeric(frame: pd.DataFrame, columns: Iterable[str], source: str) -> None:
+    """Make ``columns`` float in place; a non-number names the file, the row and the column."""
+    import pandas as pd
+
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & frame[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise ReportInputError(f"{source}: row {row}: column {column!r} must be a number")
+        frame[column] = values.astype("float64")
+
+
+def read_per_edit(
+    paths: Iterable[str | os.PathLike[str]], required: Sequence[str] = ()
+) -> pd.DataFrame:
     """``per_edit.csv`` files of several runs as one table: run identity + index, relation, selected, seconds.
 
     ``selected`` stays the ``;``-joined module names (empty when no module was edited); a missing
-    relation becomes ``"(none)"``. The :data:`PHASE_COLUMNS` are kept when every file has them.
+    relation becomes ``"(none)"``. The :data:`PHASE_COLUMNS` are kept when every file has them;
+    the :data:`MEASURE_COLUMNS` whenever one file has them (missing values for the others).
+    ``required``: further columns every file must have.
     """
     import pandas as pd
 
     frames = []
     for path in paths:
         identity = run_identity(path)
-        frame = read_csv(path, PER_EDIT_COLUMNS)
+        frame = read_csv(path, (*PER_EDIT_COLUMNS, *required))
         phases = [c for c in PHASE_COLUMNS if c in frame.columns]
-        frame = frame[[*PER_EDIT_COLUMNS, *phases]].copy()
-        for column in ("seconds", *phases):
-            values = pd.to_numeric(frame[column], errors="coerce")
-            if values.isna().any():
-                row = int(values.isna().to_numpy().argmax())
+        measures = [c for c in MEASURE_COLUMNS if c in frame.columns]
+        frame = frame[[*PER_EDIT_COLUMNS, *phases, *measures]].copy()
+        for column in ("seconds", *phases, *required):
+            if frame[column].isna().any():
+                row = int(frame[column].isna().to_numpy().argmax())
                 raise ReportInputError(f"{path}: row {row}: column {column!r} must be a number")
-            frame[column] = values.astype("float64")
-        frame["selected"] = frame["selected"].fillna("").astype(str)
-        frame["relation"] = frame["relation"].fillna(NO_RELATION).astype(str)
+        _numeric(frame, ("seconds", *phases, *measures), str(path))
+        # A column with no value at all reads as float NaN: fill as objects, then make text.
+        for column, blank in (("selected", ""), ("relation", NO_RELATION)):
+            values = frame[column].astype(object)
+            frame[column] = values.where(values.notna(), blank).astype(str)
         for key, value in identity.items():
             frame[key] = value
         frames.append(frame)
     if not frames:
         raise ReportInputError("no per_edit.csv file given")
     phases = [c for c in PHASE_COLUMNS if all(c in f.columns for f in frames)]
-    return pd.concat(frames, ignore_index=True)[[*RUN_COLUMNS, *PER_EDIT_COLUMNS, *phases]]
+    measures = [c for c in MEASURE_COLUMNS if any(c in f.columns for f in frames)]
+    table = pd.concat(frames, ignore_index=True)
+    for column in measures:
+        table[column] = table[column].astype("float64")
+    return table[[*RUN_COLUMNS, *PER_EDIT_COLUMNS, *phases, *measures]]
+
+
+def read_curves(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
+    """``curve.csv`` files (one row per learning-curve checkpoint) in long form.
+
+    Columns: run identity, ``n_edits``, ``metric``, ``value`` (the sample's metric, in [0, 1] for
+    the rates). A file with no checkpoint row contributes nothing.
+    """
+    import pandas as pd
+
+    frames = []
+    for path in paths:
+        identity = run_identity(path)
+        frame = read_csv(path, ("n_edits",))
+        metrics = [c for c in frame.columns if c not in ("n_edits", "n_scored")]
+        if not metrics:
+            raise ReportInputError(f"{path}: no metric column beside n_edits, n_scored")
+        _numeric(frame, ("n_edits", *metrics), str(path))
+        long = frame[["n_edits", *metrics]].melt(
+            id_vars="n_edits", var_name="metric", value_name="value"
+        )
+        for key, value in identity.items():
+            long[key] = value
+        frames.append(long.dropna(subset=["value"]))
+    if not frames:
+        raise ReportInputError("no curve.csv file given")
+    table = pd.concat(frames, ignore_index=True)
+    table["n_edits"] = table["n_edits"].astype("int64")
+    return table[[*RUN_COLUMNS, "n_edits", "metric", "value"]]
+
+
+# A trained editor's validation.csv: one row per validation, after ``trajectory`` trajectories.
+# The step-size search writes one row per candidate instead (its search phase and step sizes).
+VALIDATION_X = "trajectory"
+CANDIDATE_COLUMNS = ("candidate", "phase", "score")
+
+
+@dataclass
+class ValidationLogs:
+    """What the validation files hold, in long form (run identity, x, ``metric``, ``value``).
+
+    ``trajectories``: trained editors' validations (x: ``trajectory``); ``candidates``: the
+    step-size search's candidates (x: ``candidate``, with its ``phase``); ``empty``: the runs
+    whose file has no row (no validation slice).
+    """
+
+    trajectories: pd.DataFrame
+    candidates: pd.DataFrame
+    empty: list[dict[str, str | int]] = field(default_factory=list)
+
+
+def read_validation(paths: Iterable[str | os.PathLike[str]]) -> ValidationLogs:
+    """Read ``validation.csv`` files of trained editors and of the step-size search."""
+    import pandas as pd
+
+    trajectories, candidates, empty = [], [], []
+    given = False
+    for path in paths:
+        given = True
+        identity = run_identity(path)
+        frame = read_csv(path)
+        if VALIDATION_X in frame.columns:
+            x, ids, out = VALIDATION_X, [VALIDATION_X], trajectories
+        elif all(c in frame.columns for c in CANDIDATE_COLUMNS):
+            x, ids, out = "candidate", ["candidate", "phase"], candidates
+        else:
+            raise ReportInputError(
+                f"{path}: expected a {VALIDATION_X!r} column (a trained editor's validations) "
+                f"or {', '.join(CANDIDATE_COLUMNS)} (a step-size search); "
+                f"found {', '.join(map(str, frame.columns)) or 'none'}"
+            )
+        if frame.empty:
+            empty.append(identity)
+            continue
+        metrics = [c for c in frame.columns if c not in ids and not str(c).startswith(STEP_PREFIX)]
+        _numeric(frame, (x, *metrics), str(path))
+        long = frame[[*ids, *metrics]].melt(id_vars=ids, var_name="metric", value_name="value")
+        long[x] = long[x].astype("int64")
+        for key, value in identity.items():
+            long[key] = value
+        out.append(long.dropna(subset=["value"]))
+    if not given:
+        raise ReportInputError("no validation.csv file given")
+    columns = {
+        "trajectories": [*RUN_COLUMNS, VALIDATION_X, "metric", "value"],
+        "candidates": [*RUN_COLUMNS, "candidate", "phase", "metric", "value"],
+    }
+
+    def join(frames, names):
+        if not frames:
+            return pd.DataFrame(columns=names)
+        return pd.concat(frames, ignore_index=True)[names]
+
+    return ValidationLogs(
+        join(trajectories, columns["trajectories"]),
+        join(candidates, columns["candidates"]),
+        empty,
+    )
 
 
 def detect_train_columns(

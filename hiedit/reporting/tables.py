@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from hiedit import registry
 from hiedit.errors import ConfigError
 from hiedit.reporting.inputs import ReportInputError
-from hiedit.reporting.paper import paper_number
+from hiedit.reporting.paper import paper_has, paper_number
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,6 +34,11 @@ TABLE_METRICS: dict[str, str] = {
 UNEDITED = "unedited"
 UNEDITED_PREFIX = "unedited_"
 UNEDITED_DESCRIPTION = "the model before any edit"
+UNEDITED_LABEL = "Unedited"
+# Table 1's cost columns, from the per-edit files: per seed the median editor time of an edit and
+# the peak resident memory of the evaluation process, then mean ± h over seeds.
+TIME_COLUMN = "Time per edit (ms)"
+MEMORY_COLUMN = "Peak RSS (MiB)"
 # Which variant the ablation table compares against (its paired differences).
 REFERENCE_VARIANT = "hiedit"
 CONFIDENCE = 0.95
@@ -142,6 +147,16 @@ def describe(variant: str) -> str:
         return ""
 
 
+def label(variant: str) -> str:
+    """The registry's display name of a variant (the name itself for an unregistered one)."""
+    if variant == UNEDITED:
+        return UNEDITED_LABEL
+    try:
+        return registry.get(variant).label
+    except ConfigError:
+        return variant
+
+
 def ablation_variants() -> list[str]:
     """Table 2's rows: the registry's variants marked as ablations of hiedit."""
     return [name for name in registry.names() if registry.get(name).ablation]
@@ -152,33 +167,65 @@ def _check_present(values: pd.DataFrame, model: str, dataset: str, source: str) 
         raise ReportInputError(f"{source}: no final metrics for model {model}, dataset {dataset}")
 
 
-def main_table(
-    metrics: pd.DataFrame, model: str, dataset: str, source: str = "metrics table"
-) -> pd.DataFrame:
-    """Table 1 for one model × dataset: one row per variant (the unedited model first).
+def cost_cells(per_edit: pd.DataFrame, model: str, dataset: str) -> dict[str, dict[str, str]]:
+    """Per variant of one model × dataset: :data:`TIME_COLUMN` and :data:`MEMORY_COLUMN` cells.
 
-    Columns: ``Variant``, ``Description``, ``Seeds``, then per metric of :data:`TABLE_METRICS`
-    our ``mean ± h`` and, where the paper publishes that metric for this model × dataset, a
-    ``<Metric> (paper)`` column beside it.
+    ``per_edit`` is :func:`hiedit.reporting.inputs.read_per_edit`'s table. Per seed, the median
+    of ``seconds`` (the editor's own time for an edit, scoring excluded) and the largest
+    ``rss_mib`` (resident memory of the whole evaluation process after an edit); a cell is the
+    mean over seeds ± the 95 % half-width. A run without ``rss_mib`` leaves the memory cell empty.
+    """
+    mine = per_edit[(per_edit["model"] == model) & (per_edit["dataset"] == dataset)]
+    out: dict[str, dict[str, str]] = {}
+    for variant, runs in mine.groupby("variant"):
+        by_seed = runs.groupby("seed")
+        times = (by_seed["seconds"].median() * 1000.0).tolist()
+        cells = {TIME_COLUMN: mean_interval(times).format(digits=1), MEMORY_COLUMN: MISSING}
+        if "rss_mib" in runs.columns:
+            peaks = by_seed["rss_mib"].max().dropna().tolist()
+            if peaks:
+                cells[MEMORY_COLUMN] = mean_interval(peaks).format(digits=0)
+        out[str(variant)] = cells
+    return out
+
+
+def main_table(
+    metrics: pd.DataFrame,
+    model: str,
+    dataset: str,
+    source: str = "metrics table",
+    per_edit: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Table 1 for one model × dataset: one row per variant (the unedited model first), in the
+    registry's order.
+
+    Columns: ``Editor`` (the registry's label), ``Variant``, ``Description``, ``Seeds``, then per
+    metric of :data:`TABLE_METRICS` our ``mean ± h`` and, where the paper publishes that metric
+    for this model × dataset, a ``<Metric> (paper)`` column beside it; with ``per_edit`` (the
+    runs' per-edit files) the time and memory columns of :func:`cost_cells`.
     """
     import pandas as pd
 
     values = per_seed_values(metrics, model, dataset)
     _check_present(values, model, dataset, source)
+    costs = cost_cells(per_edit, model, dataset) if per_edit is not None else None
     rows = []
     for variant in order_variants(values["variant"].unique()):
         mine = values[values["variant"] == variant]
         row: dict[str, object] = {
+            "Editor": label(variant),
             "Variant": variant,
             "Description": describe(variant),
             "Seeds": int(mine["seed"].nunique()),
         }
-        for metric, label in TABLE_METRICS.items():
+        for metric, name in TABLE_METRICS.items():
             cell = mine[mine["metric"] == metric]["value"]
-            row[label] = mean_interval(cell.tolist()).format() if len(cell) else MISSING
-            if _paper_has(model, dataset, metric):
+            row[name] = mean_interval(cell.tolist()).format() if len(cell) else MISSING
+            if paper_has(model, dataset, metric):
                 published = paper_number(model, dataset, variant, metric)
-                row[f"{label} (paper)"] = f"{published:.2f}" if published is not None else MISSING
+                row[f"{name} (paper)"] = f"{published:.2f}" if published is not None else MISSING
+        if costs is not None:
+            row.update(costs.get(variant, {TIME_COLUMN: MISSING, MEMORY_COLUMN: MISSING}))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -209,30 +256,24 @@ def ablation_table(
             "Description": describe(variant),
             "Seeds": int(mine["seed"].nunique()),
         }
-        for metric, label in TABLE_METRICS.items():
+        for metric, name in TABLE_METRICS.items():
             cell = mine[mine["metric"] == metric][["seed", "value"]]
-            row[label] = mean_interval(cell["value"].tolist()).format() if len(cell) else MISSING
+            row[name] = mean_interval(cell["value"].tolist()).format() if len(cell) else MISSING
             paired = cell.merge(
                 reference[reference["metric"] == metric][["seed", "value"]],
                 on="seed",
                 suffixes=("", "_ref"),
             )
             if variant == REFERENCE_VARIANT or paired.empty:
-                row[f"Δ {label}"] = MISSING
+                row[f"Δ {name}"] = MISSING
             else:
                 diff = (paired["value"] - paired["value_ref"]).tolist()
-                row[f"Δ {label}"] = mean_interval(diff).format(signed=True)
-            if _paper_has(model, dataset, metric):
+                row[f"Δ {name}"] = mean_interval(diff).format(signed=True)
+            if paper_has(model, dataset, metric):
                 published = paper_number(model, dataset, variant, metric)
-                row[f"{label} (paper)"] = f"{published:.2f}" if published is not None else MISSING
+                row[f"{name} (paper)"] = f"{published:.2f}" if published is not None else MISSING
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _paper_has(model: str, dataset: str, metric: str) -> bool:
-    return any(
-        paper_number(model, dataset, variant, metric) is not None for variant in registry.names()
-    )
 
 
 _HTML_STYLE = """
@@ -240,22 +281,32 @@ body { font-family: sans-serif; margin: 1.5em; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
 th { background: #f2f2f2; }
-td:first-child, td:nth-child(2), th:first-child, th:nth-child(2) { text-align: left; }
 caption { caption-side: top; font-weight: bold; padding-bottom: 0.5em; text-align: left; }
 p.note { color: #555; font-size: 0.85em; max-width: 60em; }
 """
 
 
+# Columns of words, aligned left in the HTML pages (numbers align right).
+TEXT_COLUMNS = frozenset(
+    {"Editor", "Variant", "Description", "Model", "Dataset", "Kind", "Claim", "Comparison"}
+    | {"Verdict", "Detail"}
+)
+
+
 def table_html(table: pd.DataFrame, title: str, note: str = "") -> str:
     """A standalone HTML page holding ``table`` under ``title`` with an optional ``note``."""
     body = table.to_html(index=False, border=0, escape=True, na_rep=MISSING)
+    left = [i + 1 for i, c in enumerate(table.columns) if str(c) in TEXT_COLUMNS]
+    style = _HTML_STYLE + "".join(
+        f"td:nth-child({i}), th:nth-child({i}) {{ text-align: left; }}\n" for i in left
+    )
     # pandas writes <table class="dataframe">: the caption goes right after the opening tag.
     caption = f"<caption>{html.escape(title)}</caption>"
     body = re.sub(r"<table[^>]*>", lambda m: f"{m.group(0)}\n{caption}", body, count=1)
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_HTML_STYLE}</style></head>\n"
+        f"<title>{html.escape(title)}</title><style>{style}</style></head>\n"
         f"<body>\n{body}\n{note_html}\n</body></html>\n"
     )
 
@@ -266,6 +317,11 @@ TABLE_NOTE = (
     "after the whole stream. Paper columns hold the published numbers where the paper gives "
     "them; — means none."
 )
+COST_NOTE = (
+    " Time per edit: per seed the median editor time of an edit (scoring excluded), in ms; "
+    "Peak RSS: per seed the largest resident memory of the evaluation process (model included), "
+    "in MiB; both then averaged over seeds like the metrics."
+)
 
 
 def write_table(
@@ -273,8 +329,10 @@ def write_table(
     csv_path: str | os.PathLike[str],
     html_path: str | os.PathLike[str] | None,
     title: str,
+    note: str | None = None,
 ) -> None:
-    """Write ``table`` as CSV and, if ``html_path`` is given, as an HTML page with :data:`TABLE_NOTE`."""
+    """Write ``table`` as CSV and, if ``html_path`` is given, as an HTML page with ``note``
+    (default :data:`TABLE_NOTE`, and :data:`COST_NOTE` when the table has the cost columns)."""
     from hiedit.atomic import atomic_path
 
     with atomic_path(csv_path) as tmp:
@@ -282,4 +340,6 @@ def write_table(
     if html_path is not None:
         with atomic_path(html_path) as tmp:
             with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(table_html(table, title, TABLE_NOTE))
+                if note is None:
+                    note = TABLE_NOTE + (COST_NOTE if TIME_COLUMN in table.columns else "")
+                handle.write(table_html(table, title, note))

@@ -1,5 +1,5 @@
-# The report (`snakemake --report report.zip`): Tables 1-2 and Figures 1-6, each a report() output
-# whose caption quotes the configuration it was built under.
+# The report (`snakemake --report report.zip`): Tables 1-2, the claims table and Figures 1-8, each
+# a report() output whose caption quotes the configuration it was built under.
 
 
 # The resolved configuration the captions quote (a param, so a change rebuilds the item).
@@ -20,7 +20,34 @@ REPORT_SETTINGS = {
     "k_sweep": ", ".join(sweep_ks()),
     "trajectories": SETUP["training"]["n_trajectories"],
     "trajectory_length": SETUP["training"]["trajectory_length"],
+    "variant_seeds": "; ".join(
+        f"{v}: {', '.join(str(s) for s in seeds)}"
+        for v, seeds in SETUP["variant_seeds"].items()
+    ),
+    "validation_size": SETUP["training"]["validation_size"],
+    "validation_edits": SETUP["training"]["validation_edits"],
+    "validate_every": SETUP["training"]["validate_every"],
+    "patience": SETUP["training"]["patience"],
+    "step_search": (
+        f"{SETUP['training']['step_search_min']:g} to {SETUP['training']['step_search_max']:g}"
+    ),
 }
+LONG_STREAM = SETUP["long_stream"] or {}
+# Windows of 1,000 edits along the long stream, fewer for a short one (at least ten windows).
+LONG_WINDOW = min(1000, max(1, LONG_STREAM.get("n_edits", 0) // 10))
+if LONG_STREAM:
+    REPORT_SETTINGS["long_stream"] = {
+        "n_edits": LONG_STREAM["n_edits"],
+        "variants": ", ".join(LONG_STREAM["variants"]),
+        "datasets": ", ".join(LONG_STREAM["datasets"]),
+        "seeds": ", ".join(str(s) for s in LONG_STREAM["seeds"]),
+        "window": LONG_WINDOW,
+    }
+# The router claim compares how selective these variants' routers are (per_edit.csv).
+ROUTER_VARIANTS = [v for v in ("hiedit", "no-intrinsic") if v in SETUP["variants"]]
+VALIDATED = SETUP["training"]["validation_size"] > 0 and bool(fitted_variants())
+
+
 # CI's smoke run needs the benchmark's quick shapes; every other setup measures Llama-3-8B's.
 KERNEL_BENCH_FLAGS = "--small --repeats 3" if SETUP["name"] == "smoke" else ""
 
@@ -28,6 +55,18 @@ KERNEL_BENCH_FLAGS = "--small --repeats 3" if SETUP["name"] == "smoke" else ""
 rule report_main_table:
     input:
         metrics=rules.gather_metrics.output.table,
+        # Table 1's time and memory columns.
+        per_edit=lambda w: [
+            out
+            for variant in SETUP["variants"]
+            for out in expand(
+                rules.evaluate.output.per_edit,
+                model=w.model,
+                dataset=w.dataset,
+                variant=variant,
+                seed=seeds_of(variant),
+            )
+        ],
     output:
         csv=report(
             res("report/table1/{model}/{dataset}.csv"),
@@ -55,6 +94,7 @@ rule report_main_table:
     shell:
         "python -m hiedit report main-table --metrics {input.metrics}"
         " --model {wildcards.model} --dataset {wildcards.dataset}"
+        " --per-edit {input.per_edit}"
         " --csv {output.csv} --html {output.html} > {log} 2>&1"
 
 
@@ -234,6 +274,118 @@ rule report_training_curves:
         " --out {output.png} > {log} 2>&1"
 
 
+rule report_claims:
+    input:
+        metrics=rules.gather_metrics.output.table,
+        per_edit=all_runs(rules.evaluate.output.per_edit, ROUTER_VARIANTS),
+    output:
+        csv=report(
+            res("report/claims.csv"),
+            caption="../report/claims.rst",
+            category="Claims",
+            subcategory="Claims of the paper",
+            labels={"table": "claims, tested", "format": "CSV"},
+        ),
+        html=report(
+            res("report/claims.html"),
+            caption="../report/claims.rst",
+            category="Claims",
+            subcategory="Claims of the paper",
+            labels={"table": "claims, tested", "format": "HTML"},
+        ),
+    log:
+        res("logs/report/claims.log"),
+    conda:
+        "../../envs/hiedit.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+    params:
+        settings=REPORT_SETTINGS,
+        default_k=[f"{m}={model_entry(m)['k']}" for m in SETUP["models"]],
+        n_modules=[f"{m}={len(model_entry(m)['modules'])}" for m in SETUP["models"]],
+        zsre=[d for d in SETUP["datasets"] if dataset_entry(d)["format"] == "zsre"],
+    shell:
+        "python -m hiedit report claims --metrics {input.metrics}"
+        " --per-edit {input.per_edit} --default-k {params.default_k}"
+        " --n-modules {params.n_modules} --zsre {params.zsre}"
+        " --csv {output.csv} --html {output.html} > {log} 2>&1"
+
+
+rule report_validation_curves:
+    input:
+        validation=all_runs(rules.train_editor.output.validation, fitted_variants()),
+    output:
+        png=report(
+            res("report/figure7_validation_curves.png"),
+            caption="../report/figure7_validation_curves.rst",
+            category="Figure 7",
+            subcategory="Validation during training",
+            labels={"figure": "validation curves", "format": "PNG"},
+        ),
+        summary=report(
+            res("report/figure7_validation_curves.csv"),
+            caption="../report/figure7_validation_curves.rst",
+            category="Figure 7",
+            subcategory="Validation during training",
+            labels={"figure": "validation curves", "format": "CSV"},
+        ),
+    log:
+        res("logs/report/figure7_validation_curves.log"),
+    conda:
+        "../../envs/hiedit.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+    params:
+        settings=REPORT_SETTINGS,
+    shell:
+        "python -m hiedit report validation-curves {input.validation}"
+        " --out {output.png} --summary {output.summary} > {log} 2>&1"
+
+
+rule report_long_stream:
+    input:
+        per_edit=long_runs(rules.evaluate_long.output.per_edit),
+        curve=long_runs(rules.evaluate_long.output.curve),
+    output:
+        png=report(
+            res("report/figure8_long_stream.png"),
+            caption="../report/figure8_long_stream.rst",
+            category="Figure 8",
+            subcategory="Long stream",
+            labels={"figure": "long stream", "format": "PNG"},
+        ),
+        summary=report(
+            res("report/figure8_long_stream.csv"),
+            caption="../report/figure8_long_stream.rst",
+            category="Figure 8",
+            subcategory="Long stream",
+            labels={"figure": "long stream: first and last windows", "format": "CSV"},
+        ),
+        windows=report(
+            res("report/figure8_long_stream_windows.csv"),
+            caption="../report/figure8_long_stream.rst",
+            category="Figure 8",
+            subcategory="Long stream",
+            labels={"figure": "long stream: every window", "format": "CSV"},
+        ),
+    log:
+        res("logs/report/figure8_long_stream.log"),
+    conda:
+        "../../envs/hiedit.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+    params:
+        settings=REPORT_SETTINGS,
+        window=LONG_WINDOW,
+    shell:
+        "python -m hiedit report long-stream {input.per_edit} --curves {input.curve}"
+        " --window {params.window} --out {output.png} --summary {output.summary}"
+        " --windows {output.windows} > {log} 2>&1"
+
+
 rule bench_commit_cpu:
     input:
         script="benchmarks/commit_cpu.py",
@@ -277,7 +429,8 @@ rule report_kernel_benchmark:
         "python {input.script} {input.csv} --out {output.png} > {log} 2>&1"
 
 
-# Every report item of the selected setup, by target rule; `rule all` lists all_report_outputs().
+# Every report item of the selected setup, by target rule; `rule all` lists all_report_outputs(),
+# which leaves out the long stream: its 20,000-edit runs are their own target (`long_stream`).
 REPORT_RUNS = {"model": SETUP["models"], "dataset": SETUP["datasets"]}
 REPORT_TARGETS = {
     "main_table": expand(rules.report_main_table.output, **REPORT_RUNS),
@@ -289,15 +442,24 @@ REPORT_TARGETS = {
         if "hiedit" in SETUP["variants"]
         else []
     ),
+    "claims": list(rules.report_claims.output),
     "curves": [
         rules.report_learning_curves.output.png,
         rules.report_training_curves.output.png,
-    ],
+    ]
+    + (list(rules.report_validation_curves.output) if VALIDATED else []),
     "timing": list(rules.report_edit_time.output),
     "kernel_benchmark": [rules.report_kernel_benchmark.output.png],
     "data": list(rules.report_data.output),
+    "long_stream": list(rules.report_long_stream.output) if LONG_STREAM else [],
 }
-all_report_outputs = lambda: [f for files in REPORT_TARGETS.values() for f in files]
+SEPARATE_TARGETS = {"long_stream"}
+all_report_outputs = lambda: [
+    f
+    for name, files in REPORT_TARGETS.items()
+    if name not in SEPARATE_TARGETS
+    for f in files
+]
 
 
 rule main_table:
@@ -308,6 +470,11 @@ rule main_table:
 rule ablations:
     input:
         REPORT_TARGETS["ablations"],
+
+
+rule claims:
+    input:
+        REPORT_TARGETS["claims"],
 
 
 rule curves:
@@ -323,3 +490,11 @@ rule timing:
 rule kernel_benchmark:
     input:
         REPORT_TARGETS["kernel_benchmark"],
+
+
+# The long stream's runs and Figure 8 (nothing without a `long_stream` in the setup).
+rule long_stream:
+    input:
+        long_runs(rules.evaluate_long.output.per_edit),
+        long_runs(rules.evaluate_long.output.curve),
+        REPORT_TARGETS["long_stream"],
