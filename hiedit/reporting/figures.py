@@ -529,6 +529,8 @@ def validation_curves_figure(logs: ValidationLogs, out: str | os.PathLike[str]) 
     trajectories["value"] = trajectories["value"] * 100.0
     candidates = logs.candidates[logs.candidates["metric"] == "score"].copy()
     candidates["value"] = candidates["value"] * 100.0
+    # A phase reads "shared <step size>" or "pass <n> module <m>": colour by its kind only.
+    candidates["phase"] = candidates["phase"].astype(str).str.split().str[0]
     runs = sorted(set(_run_label(trajectories)) | set(_run_label(candidates)))
     summary = validation_summary(logs)
     if not runs:
