@@ -31,9 +31,10 @@ def test_validation_slice_is_subject_disjoint_fixed_and_sized():
     assert split_validation(records, 0) == (records, [])
 
 
-def test_validation_score_is_the_mean_of_its_three_metrics():
-    metrics = {"efficacy": 0.6, "generalization": 0.3, "specificity_agreement_correct": 0.9}
-    assert validation_score(metrics) == pytest.approx(0.6)
+def test_validation_score_is_the_harmonic_mean_of_efficacy_generalisation_specificity():
+    metrics = {"efficacy": 0.6, "generalization": 0.3, "specificity": 0.9}
+    assert validation_score(metrics) == pytest.approx(3 / (1 / 0.6 + 1 / 0.3 + 1 / 0.9))
+    assert validation_score({**metrics, "specificity": 0.0}) == 0.0
 
 
 def _scripted(monkeypatch, scores):
@@ -43,7 +44,7 @@ def _scripted(monkeypatch, scores):
     def run(self):
         seen.append([r.record_id for r in self.records])
         score = scores[min(len(seen) - 1, len(scores) - 1)]
-        return {"efficacy": score, "generalization": score, "specificity_agreement_correct": score}
+        return {"efficacy": score, "generalization": score, "specificity": score}
 
     monkeypatch.setattr(validation_module.ValidationStream, "run", run)
     return seen

@@ -8,9 +8,11 @@ runs the real sequential protocol (:func:`hiedit.evaluation.stream.run_stream`) 
 weights with the networks as they are, then puts the networks back: whatever the stream changes
 (the normalisers' statistics, the step counter) does not leak into training.
 
-The score that is maximised is the mean of efficacy, generalisation and
-``specificity_agreement_correct`` after the whole validation stream (so retention counts: every
-edit is scored after the last one), each in [0, 1].
+The score that is maximised is ROME/MEMIT's "Score": the harmonic mean of efficacy,
+generalisation and specificity after the whole validation stream (so retention counts: every edit
+is scored after the last one). The harmonic mean rewards an editor only for raising all three:
+doing nothing keeps specificity but scores low efficacy, and breaking the model is caught by its
+specificity, whichever of the three is worst.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from hiedit.data.records import EditRecord
 
 log = logging.getLogger(__name__)
 
-SCORE_METRICS = ("efficacy", "generalization", "specificity_agreement_correct")
+SCORE_METRICS = ("efficacy", "generalization", "specificity")
 # What a validation row reports (besides its trajectory and score).
 LOGGED_METRICS = (
     "efficacy",
@@ -65,9 +67,11 @@ def split_validation(
 
 
 def validation_score(metrics: dict[str, float]) -> float:
-    """The mean of :data:`SCORE_METRICS` (a metric undefined on the slice counts as 1: nothing
-    to preserve there)."""
-    return sum(metrics.get(name, 1.0) for name in SCORE_METRICS) / len(SCORE_METRICS)
+    """The harmonic mean of :data:`SCORE_METRICS` (0 when any of them is 0)."""
+    values = [float(metrics[name]) for name in SCORE_METRICS]
+    if min(values) <= 0.0:
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
 
 
 class ValidationStream:
