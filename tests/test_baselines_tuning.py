@@ -384,3 +384,35 @@ def test_memit_searches_its_layers_with_the_key_statistic_of_every_candidate(tmp
     )
     selected = pd.read_csv(out / "per_edit.csv")["selected"].unique().tolist()
     assert selected == [";".join(f"model.layers.{i}.mlp.down_proj" for i in chosen["layers"])]
+
+
+def test_interrupted_search_resumes_after_its_finished_candidates(tmp_path, monkeypatch):
+    job = ftm_job({"lr": [1e-3, 1e-2, 3e-2]})
+    model, tokenizer = tiny_model(job.to_dict())
+    whole = grid_search(job, model, tokenizer, train_records(), tmp_path / "whole" / "editor.pt")
+
+    build = editors_module.build_baseline
+    calls = []
+
+    def crashing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while the third candidate runs
+        return build(*args, **kwargs)
+
+    out = tmp_path / "resumed" / "editor.pt"
+    monkeypatch.setattr(editors_module, "build_baseline", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        grid_search(job, model, tokenizer, train_records(), out)
+    partial = out.with_name("editor.pt.partial")
+    assert len(json.loads(partial.read_text())["rows"]) == 2 and not out.exists()
+    other = ftm_job({"lr": [1e-3, 1e-2, 5e-2]})
+    with pytest.raises(CheckpointMismatchError, match="search"):
+        grid_search(other, model, tokenizer, train_records(), out, resume=True)
+    calls.clear()
+    monkeypatch.setattr(editors_module, "build_baseline", build)
+    resumed = grid_search(job, model, tokenizer, train_records(), out, resume=True)
+    timing = {"seconds", "edit_seconds"}
+    strip = [{k: v for k, v in row.items() if k not in timing} for row in resumed.rows]
+    assert strip == [{k: v for k, v in row.items() if k not in timing} for row in whole.rows]
+    assert resumed.chosen == whole.chosen and not partial.exists()

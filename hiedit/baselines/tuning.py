@@ -20,7 +20,10 @@ candidate whose edits diverge (non-finite values, a singular solve) is logged an
 
 The result is the variant's fitted output (``python -m hiedit train``, the workflow's
 ``train_editor`` rule): a small file with the chosen values, the section and grid it was
-searched under and the validation records, plus a CSV with every candidate's metrics.
+searched under and the validation records, plus a CSV with every candidate's metrics. While it
+runs, the rows of the finished candidates are kept in ``<out>.partial``; with ``resume`` a
+search interrupted under the same section, grid and validation records continues after them
+(each candidate's stream depends on nothing the earlier ones did).
 :func:`tuned_section` reads it back for the evaluation (refusing one written under another
 section or grid).
 
@@ -260,19 +263,22 @@ def grid_search(
     stats: str | os.PathLike[str] | None = None,
     validation_path: str | os.PathLike[str] | None = None,
     log_path: str | os.PathLike[str] | None = None,
+    resume: bool = False,
 ) -> SearchResult:
     """Search the job's baseline section on the validation slice of ``records`` (the train
     split) and write the chosen values to ``out``, every candidate's metrics to
     ``validation_path`` (default ``<out stem>.validation.csv``) and an empty per-step loss log
-    to ``log_path`` (nothing is trained; the workflow expects the file)."""
+    to ``log_path`` (nothing is trained; the workflow expects the file). ``resume``: continue
+    the unfinished search in ``<out>.partial`` (module docstring)."""
     import importlib
 
     import torch
 
-    from hiedit.atomic import save_torch
+    from hiedit.atomic import save_torch, write_json
     from hiedit.editor.trainer import (
         default_log_path,
         default_validation_path,
+        partial_path,
         write_log,
         write_rows,
     )
@@ -313,13 +319,26 @@ def grid_search(
     held_out = validation_records(job, records)
     settings = _stream_settings(held_out, job.evaluation.batch_size)
     base, search = split_search(section)
+    out = Path(out)
+    partial = partial_path(out)
+    identity = {
+        "variant": job.variant,
+        "model_name": job.model_name,
+        "section": base,
+        "search": search,
+        "validation_records": [r.record_id for r in held_out],
+        "stats_sha256": getattr(loaded, "sha256", None),
+    }
+    rows, scores = _resumed(partial, identity) if resume else ([], [])
     unedited = None
-    rows: list[dict[str, Any]] = []
-    scores: list[float] = []
     log.info(
-        "%s: %d candidates on %d validation records", job.variant, len(candidates), len(held_out)
+        "%s: %d candidates on %d validation records%s",
+        job.variant,
+        len(candidates),
+        len(held_out),
+        f", {len(rows)} done before" if rows else "",
     )
-    for candidate in candidates:
+    for candidate in candidates[len(rows) :]:
         started = time.perf_counter()
         editor = build_baseline(job, candidate.section, model, tokenizer, loaded)
         saved = _snapshot(model, editor.module_names)
@@ -347,6 +366,7 @@ def grid_search(
         row["error"] = error
         rows.append(row)
         scores.append(score)
+        write_json(partial, {"kind": KIND, "identity": identity, "rows": rows, "scores": scores})
         log.info("%s candidate %s: score %.4f", job.variant, candidate.values, score)
     finite = [i for i, s in enumerate(scores) if math.isfinite(s)]
     if not finite:
@@ -362,21 +382,16 @@ def grid_search(
     state = {
         "kind": KIND,
         "version": VERSION,
-        "variant": job.variant,
+        **identity,
         "baseline": spec.baseline,
-        "model_name": job.model_name,
-        "section": base,
-        "search": search,
         "chosen": chosen,
         "values": best.values,
         "score": scores[best_index],
-        "validation_records": [r.record_id for r in held_out],
-        "stats_sha256": getattr(loaded, "sha256", None),
     }
-    out = Path(out)
     save_torch(out, state)
     write_rows(rows, Path(validation_path or default_validation_path(out)))
     write_log([], Path(log_path or default_log_path(out)))
+    partial.unlink(missing_ok=True)
     log.info(
         "%s: chose %s (score %.4f of %d candidates)",
         job.variant,
@@ -385,6 +400,28 @@ def grid_search(
         len(candidates),
     )
     return SearchResult(rows, best, scores[best_index], chosen, out)
+
+
+def _resumed(
+    partial: Path, identity: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """The finished candidates of an interrupted search (none without a partial file)."""
+    if not partial.is_file():
+        return [], []
+    state = json.loads(partial.read_text())
+    saved = state.get("identity") if isinstance(state, dict) else None
+    if state.get("kind") != KIND or not isinstance(saved, dict):
+        raise CheckpointMismatchError(f"{partial}: not an unfinished baseline search")
+    # Through JSON, as the saved identity went (tuples become lists).
+    expected = json.loads(json.dumps(identity))
+    differ = [key for key in expected if saved.get(key) != expected[key]]
+    if differ:
+        raise CheckpointMismatchError(
+            f"{partial}: an unfinished search under another configuration ({', '.join(differ)} "
+            "differ); delete it to start over"
+        )
+    log.info("resuming the search in %s after %d candidates", partial, len(state["rows"]))
+    return list(state["rows"]), [float(s) for s in state["scores"]]
 
 
 def load_search(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -105,6 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
             stats=args.stats,
             validation_path=args.log_validation,
             log_path=args.log_curve,
+            resume=args.resume,
         )
         steps = []
         extra = {
