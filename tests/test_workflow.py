@@ -74,10 +74,10 @@ def test_offline_setups_dry_run(setup, tmp_path):
     assert counts["build_geofacts"] == 1 and counts["prepare_data"] == 2
     assert counts["evaluate"] > counts["train_editor"] > 0
     if setup == "smoke":
-        # Every baseline runs, each searched on the validation slice (a train_editor job), and
-        # MEMIT/AlphaEdit take the key statistic: one fit for the tiny model.
-        assert counts["fit_key_stats"] == 1
-        assert counts["evaluate"] == 2 * 14 and counts["train_editor"] == 2 * 11
+        # 2 models × 2 datasets: every baseline runs, each searched on the validation slice (a
+        # train_editor job), and MEMIT/AlphaEdit take the key statistic, one fit per model.
+        assert counts["fit_key_stats"] == 2
+        assert counts["evaluate"] == 4 * 16 and counts["train_editor"] == 4 * 13
 
 
 def test_bad_config_value_stops_the_workflow_naming_the_key(tmp_path):
