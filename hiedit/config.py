@@ -196,10 +196,8 @@ class JobConfig:
         if spec.baseline is not None:
             if spec.baseline not in baselines:
                 raise ConfigError(f"job configuration: missing key 'baselines.{spec.baseline}'")
-            _check_section(
-                _baseline_def(spec.baseline),
-                baselines[spec.baseline],
-                f"baselines.{spec.baseline}",
+            check_baseline_section(
+                spec.baseline, baselines[spec.baseline], f"baselines.{spec.baseline}"
             )
         return cls(
             setup=str(job.get("setup", "")),
@@ -252,6 +250,27 @@ class JobConfig:
 def _baseline_def(name: str) -> str:
     """The schema definition of a baseline's section: ``ft-m`` -> ``baseline_ft_m``."""
     return "baseline_" + name.replace("-", "_")
+
+
+def check_baseline_section(
+    name: str, values: Any, where: str, schema: Mapping[str, Any] | None = None
+) -> None:
+    """A baseline's section against its schema definition, and every candidate value of its
+    ``search`` grid merged into it (:mod:`hiedit.baselines.tuning`); errors name the key."""
+    from hiedit.baselines.tuning import check_search
+
+    schema = schema or load_schema()
+    definition = _baseline_def(name)
+    _check_section(definition, values, where, schema)
+    known = list(schema["$defs"][definition].get("properties", {}))
+
+    def check(merged: Mapping[str, Any], at: str) -> None:
+        try:
+            _check_section(definition, merged, where, schema)
+        except ConfigError as err:
+            raise ConfigError(f"{at}: with this candidate, {err}") from None
+
+    check_search(values, known, where, check)
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -370,6 +389,8 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
 
 
 def _check_references(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    for name, values in config.get("baselines", {}).items():
+        check_baseline_section(name, values, f"baselines.{name}", schema)
     for name, model in config["models"].items():
         needed = {"local": "path", "hub": "name", "random": "architecture"}[model["source"]]
         if needed not in model:
@@ -412,7 +433,7 @@ def _check_references(config: Mapping[str, Any], schema: Mapping[str, Any]) -> N
             if name not in config.get("baselines", {}):
                 raise ConfigError(f"config key '{where}': no baseline section {name!r}")
             merged = {**config["baselines"][name], **values}
-            _check_section(_baseline_def(name), merged, where, schema)
+            check_baseline_section(name, merged, where, schema)
         for section, values in overrides.items():
             _check_section(
                 section,
@@ -507,7 +528,10 @@ def job_config(
 
 
 def baseline_section(variant: str, baselines: Mapping[str, Any]) -> dict[str, Any]:
-    """``{section: values}`` of a baseline variant (with its own overrides), else ``{}``."""
+    """``{section: values}`` of a baseline variant (with its own overrides), else ``{}``.
+
+    Keys the variant fixes are left out of the section's ``search`` grid (ultraedit-1 does not
+    search ``edits_per_turn``); an emptied grid is dropped."""
     spec = registry.get(variant)
     if spec.baseline is None:
         return {}
@@ -515,7 +539,12 @@ def baseline_section(variant: str, baselines: Mapping[str, Any]) -> dict[str, An
         raise ConfigError(
             f"config key 'baselines.{spec.baseline}' is needed by variant {variant!r}"
         )
-    return {spec.baseline: {**copy.deepcopy(baselines[spec.baseline]), **spec.baseline_overrides}}
+    section = {**copy.deepcopy(baselines[spec.baseline]), **spec.baseline_overrides}
+    search = spec.baseline_search(baselines)
+    section.pop(registry.SEARCH_KEY, None)
+    if search:
+        section[registry.SEARCH_KEY] = copy.deepcopy(search)
+    return {spec.baseline: section}
 
 
 def read_job_config(value: str) -> JobConfig:

@@ -23,8 +23,11 @@ from hiedit.errors import ConfigError
 # How a HiEdit-family variant picks the modules of an edit at inference.
 SELECTIONS = ("learned", "random", "static", "dense")
 # How a variant's editor is obtained before the stream: trained over trajectories (train_editor
-# rule), a step-size search on the validation slice (same rule), or nothing (built at evaluation).
-FITS = ("trajectories", "step_search", None)
+# rule), a step-size search on the validation slice (same rule), a baseline's grid search over
+# its section's `search` on the validation slice (same rule; a section without `search` fits
+# nothing), or nothing (built at evaluation).
+FITS = ("trajectories", "step_search", "grid_search", None)
+SEARCH_KEY = "search"
 K_SWEEP_PREFIX = "hiedit-k"
 _K_SWEEP = re.compile(rf"^{re.escape(K_SWEEP_PREFIX)}(\d+)$")
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -41,7 +44,8 @@ class Variant:
     candidate: no router) or a fixed number (the K sweep).
     ``fit``: see :data:`FITS`. ``checkpoint``: the variant whose fitted editor this one is
     evaluated with (itself when it is fitted; another variant's for inference-only ablations;
-    ``None`` when nothing is fitted).
+    ``None`` when nothing is fitted). A ``grid_search`` baseline is fitted only under a setup
+    whose section for it has a ``search``: ask :meth:`fit_under` / :meth:`checkpoint_under`.
     ``editor_overrides`` / ``training_overrides``: values this variant sets on top of the setup's
     ``editor`` / ``training`` sections (written into its run configuration, so a run file says
     what ran). ``same_edits``: scale ``n_trajectories`` so that single-edit training sees as many
@@ -79,6 +83,26 @@ class Variant:
     @property
     def fitted(self) -> bool:
         return self.fit is not None
+
+    def baseline_search(self, baselines: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``search`` grid of this baseline's section in ``baselines`` (section name ->
+        values), without the keys this variant fixes (``baseline_overrides`` are not searched)."""
+        if self.baseline is None:
+            return {}
+        search = (baselines.get(self.baseline) or {}).get(SEARCH_KEY) or {}
+        return {k: v for k, v in search.items() if k not in self.baseline_overrides}
+
+    def fit_under(self, baselines: Mapping[str, Any]) -> str | None:
+        """The fit this variant runs under a setup's ``baselines`` sections."""
+        if self.fit == "grid_search" and not self.baseline_search(baselines):
+            return None
+        return self.fit
+
+    def checkpoint_under(self, baselines: Mapping[str, Any]) -> str | None:
+        """The variant whose fitted output this one is evaluated with under ``baselines``."""
+        if self.fit == "grid_search" and not self.baseline_search(baselines):
+            return None
+        return self.checkpoint
 
     def resolve_k(self, model_k: int, n_modules: int) -> int:
         """K for a model with ``model_k`` and ``n_modules`` candidate modules."""
@@ -204,7 +228,7 @@ VARIANTS: dict[str, Variant] = _entries(
         family="baseline",
         selection=None,
         k="all",
-        fit=None,
+        fit="grid_search",
         builder="hiedit.baselines.ft_m",
         baseline="ft-m",
         paper_row="FT",
@@ -217,7 +241,7 @@ VARIANTS: dict[str, Variant] = _entries(
         family="baseline",
         selection=None,
         k="all",
-        fit=None,
+        fit="grid_search",
         builder="hiedit.baselines.ultraedit",
         baseline="ultraedit",
     ),
@@ -229,7 +253,7 @@ VARIANTS: dict[str, Variant] = _entries(
         family="baseline",
         selection=None,
         k="all",
-        fit=None,
+        fit="grid_search",
         builder="hiedit.baselines.ultraedit",
         baseline="ultraedit",
         baseline_overrides=MappingProxyType({"edits_per_turn": 1}),
@@ -242,7 +266,7 @@ VARIANTS: dict[str, Variant] = _entries(
         family="baseline",
         selection=None,
         k="all",
-        fit=None,
+        fit="grid_search",
         builder="hiedit.baselines.memit",
         baseline="memit",
         stats="key_stats",
@@ -256,7 +280,7 @@ VARIANTS: dict[str, Variant] = _entries(
         family="baseline",
         selection=None,
         k="all",
-        fit=None,
+        fit="grid_search",
         builder="hiedit.baselines.alphaedit",
         baseline="alphaedit",
         stats="key_stats",

@@ -59,7 +59,7 @@ def test_every_schema_key_has_a_description():
     [
         (
             lambda c: c["setups"]["default"]["variants"].append("bogus"),
-            "setups.default.variants[6]",
+            "setups.default.variants[9]",
         ),
         (lambda c: c["editor"].update(style="adam"), "editor.style"),
         (lambda c: c["training"].update(back_depth=0), "training.back_depth"),

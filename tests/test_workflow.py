@@ -33,13 +33,35 @@ def test_paper_dag_has_every_job():
     counts = job_counts(result.stdout)
     # 2 models × 2 datasets × 3 seeds; fitted: hiedit, no-intrinsic, rledit, step-only,
     # tuned-step, mend, malmen + 4 K-sweep values; evaluated: those plus hiedit-rand and static-k
-    # (hiedit's networks).
+    # (hiedit's networks) and the baselines ft-m, ultraedit, ultraedit-1, memit and alphaedit at
+    # their published values (no search, so no train_editor job), with the key statistic of
+    # MEMIT/AlphaEdit fitted once per model.
     assert counts["train_editor"] == 2 * 2 * 3 * 11
-    assert counts["evaluate"] == 2 * 2 * 3 * 13
+    assert counts["evaluate"] == 2 * 2 * 3 * 18
     assert counts["score_unedited"] == 2 * 2
+    assert counts["fit_key_stats"] == 2
     assert counts["download_dataset"] == 3
     assert counts["prepare_data"] == 2
     assert counts["gather_metrics"] == 1
+
+
+def test_paper_main_table_lists_every_baseline():
+    from hiedit import registry
+
+    result = snakemake("main_table", "-n", "--config", "setup=paper")
+    assert result.returncode == 0, result.stderr
+    baselines = [v for v in registry.names() if registry.get(v).family == "baseline"]
+    baselines += ["mend", "malmen", "rledit"]
+    missing = [
+        f"{model}/{dataset}/{variant}"
+        for model in ("llama3-8b", "gemma2-9b")
+        for dataset in ("zsre", "counterfact")
+        for variant in baselines
+        if f"eval/{model}/{dataset}/{variant}/seed0/metrics_long.csv" not in result.stdout
+    ]
+    assert missing == []
+    for model in ("llama3-8b", "gemma2-9b"):
+        assert f"stats/{model}/key_stats.pt" in result.stdout
 
 
 @pytest.mark.parametrize("setup", ["default", "smoke"])
@@ -51,6 +73,11 @@ def test_offline_setups_dry_run(setup, tmp_path):
     counts = job_counts(result.stdout)
     assert counts["build_geofacts"] == 1 and counts["prepare_data"] == 2
     assert counts["evaluate"] > counts["train_editor"] > 0
+    if setup == "smoke":
+        # 2 models × 2 datasets: every baseline runs, each searched on the validation slice (a
+        # train_editor job), and MEMIT/AlphaEdit take the key statistic, one fit per model.
+        assert counts["fit_key_stats"] == 2
+        assert counts["evaluate"] == 4 * 16 and counts["train_editor"] == 4 * 13
 
 
 def test_bad_config_value_stops_the_workflow_naming_the_key(tmp_path):

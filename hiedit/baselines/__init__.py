@@ -11,4 +11,6 @@ module_names, seed, stats)``, which returns an editor satisfying
 - ``alphaedit``: AlphaEdit, MEMIT's update projected onto the null space of generic keys
   (``AlphaEditConfig``). Both share ``locate`` (targets, keys, state) and the fitted key
   statistic of ``key_stats``.
+- ``tuning``: a grid search of any baseline's section on the validation slice (its ``search``
+  key), the variant's fitted output when a setup gives one.
 """

@@ -5,9 +5,10 @@ statistic ``C = E[k kᵀ]`` (:mod:`hiedit.baselines.key_stats`) of the down-proj
 and AlphaEdit edit on the run configuration's model and writes ``FILE`` with a JSON sidecar
 (``FILE`` with the suffix ``.json``): source and version of the text, documents, tokens, sha256 of
 the text and of the tensor file, the modules. The run configuration needs ``model_name``,
-``model`` (a ``models`` entry) and ``baselines`` with a ``key_stats`` section and the
-``memit``/``alphaedit`` sections whose ``layers`` name the modules (their union is fitted), or
-give the modules with ``--modules``.
+``model`` (a ``models`` entry) and ``baselines`` with a ``key_stats`` section, and names the
+modules by a ``modules`` list, or by ``memit``/``alphaedit`` sections whose ``layers`` (and
+every ``layers`` candidate of their ``search`` grids) name them: their union is fitted. Or give
+the modules with ``--modules``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def stats_modules(job: Mapping[str, Any]) -> list[str]:
-    """The union of the modules MEMIT and AlphaEdit edit on the job's model, in layer order."""
+    """The union of the modules MEMIT and AlphaEdit edit on the job's model, under their
+    sections and every combination of their ``search`` grids, in layer order."""
     from hiedit.baselines.alphaedit import AlphaEditConfig
     from hiedit.baselines.memit import MEMITConfig
+    from hiedit.baselines.tuning import combinations, section_keys, split_search
 
     sections = job.get("baselines") or {}
     model_name = str(job["model_name"])
@@ -51,9 +54,14 @@ def stats_modules(job: Mapping[str, Any]) -> list[str]:
     for key, cls in (("memit", MEMITConfig), ("alphaedit", AlphaEditConfig)):
         if key in sections:
             where = f"baselines.{key}"
-            settings = cls.from_mapping(sections[key], where)
-            names = settings.module_names(model_name, where)
-            placed.update(zip(names, settings.layers[model_name], strict=True))
+            found = combinations(
+                sections[key], known=section_keys(cls), where=where, model_name=model_name
+            )
+            variants = [c.section for c in found] or [split_search(sections[key])[0]]
+            for values in variants:
+                settings = cls.from_mapping(values, where)
+                names = settings.module_names(model_name, where)
+                placed.update(zip(names, settings.layers[model_name], strict=True))
     if not placed:
         raise ConfigError(
             "--run-config: no baselines.memit or baselines.alphaedit section names the modules "
@@ -98,7 +106,12 @@ def _fit_stats(args: argparse.Namespace) -> int:
     if "key_stats" not in sections:
         raise ConfigError("--run-config: the section 'baselines.key_stats' is missing")
     cfg = KeyStatsConfig.from_mapping(sections["key_stats"])
-    modules = list(args.modules) if args.modules else stats_modules(job)
+    if args.modules:
+        modules = list(args.modules)
+    elif job.get("modules"):
+        modules = [str(name) for name in job["modules"]]
+    else:
+        modules = stats_modules(job)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be positive, got {args.threads}")

@@ -1,4 +1,4 @@
-"""CLI group ``train``: train the editor networks of one job over edit trajectories.
+"""CLI group ``train``: fit the editor of one job (train its networks, or search a baseline).
 
 ``python -m hiedit train --run-config JSON_OR_FILE --train-data TRAIN.parquet --out editor.pt
 [--resume] [--log-curve CSV]`` trains the low-level network and (except for ``rledit``) the
@@ -9,6 +9,11 @@ resumable one every ``training.checkpoint_every`` trajectories), the per-step lo
 ``<out>.partial`` (never at ``--out``); with ``--resume`` that checkpoint, written under the same
 configuration, is continued; another configuration is refused
 with the differing keys listed.
+
+A baseline variant whose section has a ``search`` grid is fitted here too: its hyperparameters
+are chosen on the validation slice of the train split (:mod:`hiedit.baselines.tuning`); ``--out``
+then holds the chosen values, ``--log-validation`` every candidate's metrics, and ``--stats`` is
+the fitted statistic the editor needs, if any.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="validation CSV (default: <out stem>.validation.csv; written when the job has a "
         "validation slice)",
     )
+    parser.add_argument(
+        "--stats", help="a baseline's fitted statistic (e.g. the key statistic of MEMIT)"
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -58,6 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from hiedit.atomic import check_writable, write_json
+    from hiedit.baselines.tuning import grid_search
     from hiedit.config import read_job_config
     from hiedit.data import check_fits_model, read_split
     from hiedit.editor import load_editor
@@ -67,6 +76,11 @@ def run_train(args: argparse.Namespace) -> int:
     from hiedit.models import load_model
 
     job = read_job_config(args.run_config)
+    fit = job.variant_spec.fit_under(job.baselines)
+    if fit is None:
+        raise ConfigError(f"variant {job.variant!r} fits nothing: evaluate it with --untrained")
+    if args.stats is not None and not Path(args.stats).is_file():
+        raise ConfigError(f"--stats {args.stats}: file not found")
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be positive, got {args.threads}")
@@ -80,20 +94,38 @@ def run_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model, tokenizer = load_model(job.model, device=device)
     check_fits_model(tokenizer, records, model, args.train_data)
-    editor = load_editor(job, model, tokenizer, None)
-    fit = job.variant_spec.fit
-    if fit == "step_search":
+    extra = {}
+    if fit == "grid_search":
+        searched = grid_search(
+            job,
+            model,
+            tokenizer,
+            records,
+            args.out,
+            stats=args.stats,
+            validation_path=args.log_validation,
+            log_path=args.log_curve,
+            resume=args.resume,
+        )
+        steps = []
+        extra = {
+            "chosen": searched.chosen,
+            "search_values": searched.best.values,
+            "validation_score": searched.best_score,
+            "candidates": len(searched.rows),
+        }
+    elif fit == "step_search":
         search_step_sizes(
-            editor,
+            load_editor(job, model, tokenizer, None),
             records,
             args.out,
             log_path=args.log_curve,
             validation_path=args.log_validation,
         )
         steps = []
-    elif fit == "trajectories":
+    else:
         steps = train_editor(
-            editor,
+            load_editor(job, model, tokenizer, None),
             records,
             args.out,
             resume=args.resume,
@@ -101,8 +133,6 @@ def run_train(args: argparse.Namespace) -> int:
             validation_path=args.log_validation,
             progress=not args.no_progress,
         ).rows
-    else:
-        raise ConfigError(f"variant {job.variant!r} fits nothing: evaluate it with --untrained")
     seconds = time.perf_counter() - started
     info = collect_runinfo(
         seeds={"seed": job.seed},
@@ -113,6 +143,7 @@ def run_train(args: argparse.Namespace) -> int:
             "steps": len(steps),
             "wall_seconds": round(seconds, 3),
             "mean_step_seconds": (sum(r["seconds"] for r in steps) / len(steps)) if steps else None,
+            **extra,
         },
     )
     write_json(Path(args.out).with_name(Path(args.out).name + ".runinfo.json"), info, default=str)

@@ -1,6 +1,7 @@
 # Fitted statistics of the baseline editors (hiedit/baselines/): the key statistic C = E[k kᵀ] of
 # the down-projections MEMIT and AlphaEdit edit, once per model, cached and checksummed (its
-# sidecar records the text source, tokens and sha256s). Not yet part of `all`.
+# sidecar records the text source, tokens and sha256s). The train_editor (grid search) and
+# evaluate jobs of the variants that need it take it as an input (stats_of in common.smk).
 
 
 rule write_key_stats_config:
@@ -9,15 +10,8 @@ rule write_key_stats_config:
     log:
         res("logs/write_key_stats_config/{model}.log"),
     params:
-        # The run configuration of fit_key_stats (a param, so config edits rerun the fit).
-        cfg=lambda w: json.dumps(
-            {
-                "model_name": w.model,
-                "model": model_entry(w.model),
-                "baselines": SETUP.get("baselines", config.get("baselines", {})),
-            },
-            sort_keys=True,
-        ),
+        # A param, so config edits rerun the fit.
+        cfg=key_stats_run_config,
     run:
         with open(output[0], "w") as handle:
             print(params.cfg, file=handle)

@@ -4,6 +4,7 @@ import os
 import shlex
 
 from hiedit import registry
+from hiedit.commands.baselines import stats_modules
 from hiedit.config import job_config, resolve_setup, validate_config
 
 validate_config(config)
@@ -128,8 +129,9 @@ def eval_split_size(dataset):
 
 
 def checkpoint_of(wildcards):
-    """The fitted editor a variant is evaluated with (hiedit-rand and static-k reuse hiedit's)."""
-    fitted = registry.get(wildcards.variant).checkpoint
+    """The fitted editor a variant is evaluated with (hiedit-rand and static-k reuse hiedit's;
+    a baseline with a `search` in the setup, the values its search chose)."""
+    fitted = registry.get(wildcards.variant).checkpoint_under(SETUP["baselines"])
     if fitted is None:
         return []
     return expand(
@@ -145,6 +147,44 @@ def editor_flag(wildcards, input):
     return f"--checkpoint {input.editor}" if input.editor else "--untrained"
 
 
+def stats_of(wildcards):
+    """The fitted statistic a baseline variant needs on the job's model (none for the others)."""
+    needed = registry.get(wildcards.variant).stats
+    if needed is None:
+        return []
+    # The rules live in baselines.smk, parsed after this file: looked up when the DAG is built.
+    outputs = {"key_stats": rules.fit_key_stats.output.stats}
+    return expand(outputs[needed], model=wildcards.model)
+
+
+def stats_flag(wildcards, input):
+    return f"--stats {input.stats}" if input.stats else ""
+
+
+def key_stats_run_config(wildcards):
+    """The run configuration of fit_key_stats: the text settings and the modules to fit, the
+    union over the setup's MEMIT/AlphaEdit sections and their search grids (so that a change of
+    another key, e.g. a λ grid, does not refit the statistic)."""
+    users = {
+        registry.get(v).baseline
+        for v in SETUP["variants"]
+        if registry.get(v).stats == "key_stats"
+    }
+    sections = {name: SETUP["baselines"][name] for name in sorted(users)}
+    modules = (
+        stats_modules({"model_name": wildcards.model, "baselines": sections}) if sections else []
+    )
+    return json.dumps(
+        {
+            "model_name": wildcards.model,
+            "model": model_entry(wildcards.model),
+            "baselines": {"key_stats": SETUP["baselines"]["key_stats"]},
+            "modules": modules,
+        },
+        sort_keys=True,
+    )
+
+
 def seeds_of(variant):
     """The seeds a variant runs with (``variant_seeds`` of the setup, else its ``seeds``)."""
     return SETUP["variant_seeds"].get(variant, SETUP["seeds"])
@@ -152,8 +192,11 @@ def seeds_of(variant):
 
 def fitted_variants(fit=None):
     """The setup's variants whose editors have a fitting job (of kind ``fit``, if given)."""
-    names = {registry.get(v).checkpoint for v in SETUP["variants"]} - {None}
-    return sorted(n for n in names if fit is None or registry.get(n).fit == fit)
+    baselines = SETUP["baselines"]
+    names = {registry.get(v).checkpoint_under(baselines) for v in SETUP["variants"]} - {None}
+    return sorted(
+        n for n in names if fit is None or registry.get(n).fit_under(baselines) == fit
+    )
 
 
 def sweep_ks():

@@ -48,6 +48,7 @@ rule evaluate:
             n_edits=SETUP["evaluation"]["n_edits"],
         ),
         cfg=rules.write_run_config.output[0],
+        stats=stats_of,
     output:
         metrics=res("eval/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv"),
         summary=res("eval/{model}/{dataset}/{variant}/seed{seed}/metrics.json"),
@@ -66,9 +67,10 @@ rule evaluate:
     params:
         out_dir=subpath(output.metrics, parent=True),
         editor=editor_flag,
+        stats=stats_flag,
     shell:
         "python -m hiedit evaluate --run-config {input.cfg} --eval-data {input.eval}"
-        " {params.editor} --unedited {input.unedited} --out-dir {params.out_dir}"
+        " {params.editor} {params.stats} --unedited {input.unedited} --out-dir {params.out_dir}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -111,6 +113,7 @@ use rule evaluate as evaluate_long with:
             n_edits=SETUP["long_stream"]["n_edits"],
         ),
         cfg=rules.write_long_run_config.output[0],
+        stats=stats_of,
     output:
         metrics=res("long/{model}/{dataset}/{variant}/seed{seed}/metrics_long.csv"),
         summary=res("long/{model}/{dataset}/{variant}/seed{seed}/metrics.json"),

@@ -1,4 +1,5 @@
-# Editor training: both networks over edit trajectories (docs/method.md §5), per model × dataset × variant × seed.
+# Editor fitting, per model × dataset × variant × seed: both networks over edit trajectories
+# (docs/method.md §5), the tuned-step search, or a baseline's grid search on the validation slice.
 
 
 rule write_run_config:
@@ -19,6 +20,7 @@ rule train_editor:
         model=lambda w: model_inputs(w.model),
         train=rules.prepare_data.output.train,
         cfg=rules.write_run_config.output[0],
+        stats=stats_of,
     output:
         editor=res("editors/{model}/{dataset}/{variant}/seed{seed}/editor.pt"),
         curve=res("editors/{model}/{dataset}/{variant}/seed{seed}/train_log.csv"),
@@ -33,7 +35,9 @@ rule train_editor:
     resources:
         mem_mb=lambda w: 80000 if is_gpu_model(w.model) else 3000,
         gpu=lambda w: 1 if is_gpu_model(w.model) else 0,
+    params:
+        stats=stats_flag,
     shell:
         "python -m hiedit train --run-config {input.cfg} --train-data {input.train}"
         " --out {output.editor} --log-curve {output.curve} --log-validation {output.validation}"
-        " --resume --no-progress --threads {threads} > {log} 2>&1"
+        " {params.stats} --resume --no-progress --threads {threads} > {log} 2>&1"
