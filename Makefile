@@ -24,10 +24,12 @@ run: install
 report: install
 	$(BIN)/snakemake --cores $(CORES) --report report.zip
 
-test: install
+# The linters first: a formatting slip fails in seconds, not after the test suite.
+test: lint
 	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check hiedit kernels tests benchmarks
+	$(BIN)/ruff format --check hiedit kernels tests benchmarks
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules

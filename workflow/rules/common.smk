@@ -172,7 +172,9 @@ def key_stats_run_config(wildcards):
     }
     sections = {name: SETUP["baselines"][name] for name in sorted(users)}
     modules = (
-        stats_modules({"model_name": wildcards.model, "baselines": sections}) if sections else []
+        stats_modules({"model_name": wildcards.model, "baselines": sections})
+        if sections
+        else []
     )
     return json.dumps(
         {
@@ -193,7 +195,9 @@ def seeds_of(variant):
 def fitted_variants(fit=None):
     """The setup's variants whose editors have a fitting job (of kind ``fit``, if given)."""
     baselines = SETUP["baselines"]
-    names = {registry.get(v).checkpoint_under(baselines) for v in SETUP["variants"]} - {None}
+    names = {registry.get(v).checkpoint_under(baselines) for v in SETUP["variants"]} - {
+        None
+    }
     return sorted(
         n for n in names if fit is None or registry.get(n).fit_under(baselines) == fit
     )
