@@ -31,10 +31,17 @@ def test_validation_slice_is_subject_disjoint_fixed_and_sized():
     assert split_validation(records, 0) == (records, [])
 
 
-def test_validation_score_is_the_harmonic_mean_of_efficacy_generalisation_specificity():
-    metrics = {"efficacy": 0.6, "generalization": 0.3, "specificity": 0.9}
+def test_validation_score_is_the_harmonic_mean_of_efficacy_generalisation_locality():
+    metrics = {"efficacy": 0.6, "generalization": 0.3, "specificity_agreement_correct": 0.9}
     assert validation_score(metrics) == pytest.approx(3 / (1 / 0.6 + 1 / 0.3 + 1 / 0.9))
-    assert validation_score({**metrics, "specificity": 0.0}) == 0.0
+    assert validation_score({**metrics, "specificity_agreement_correct": 0.0}) == 0.0
+    # gold specificity plays no part: doing nothing (locality 1) loses to editing that keeps it
+    nothing = {"efficacy": 0.2, "generalization": 0.2, "specificity_agreement_correct": 1.0}
+    editing = {"efficacy": 0.4, "generalization": 0.35, "specificity_agreement_correct": 0.9}
+    assert validation_score(editing) > validation_score(nothing)
+    # undefined locality (no unrelated position right before editing) counts as 1
+    undefined = {**metrics, "specificity_agreement_correct": float("nan")}
+    assert validation_score(undefined) == pytest.approx(3 / (1 / 0.6 + 1 / 0.3 + 1))
 
 
 def _scripted(monkeypatch, scores):
@@ -44,7 +51,7 @@ def _scripted(monkeypatch, scores):
     def run(self):
         seen.append([r.record_id for r in self.records])
         score = scores[min(len(seen) - 1, len(scores) - 1)]
-        return {"efficacy": score, "generalization": score, "specificity": score}
+        return dict.fromkeys(validation_module.SCORE_METRICS, score)
 
     monkeypatch.setattr(validation_module.ValidationStream, "run", run)
     return seen
