@@ -481,17 +481,7 @@ def train_editor(
     trainer = Trainer(editor, train_records)
     validation = _Validation(editor, held_out) if held_out else None
     if resume and partial.is_file():
-        state = torch.load(partial, map_location=editor.device, weights_only=False)
-        try:
-            trainer.restore(state, str(partial))
-        except CheckpointMismatchError as err:
-            # In the workflow a changed configuration reruns the job with --resume: say what to do.
-            raise CheckpointMismatchError(
-                f"{err}; to train under the new configuration, delete {partial}"
-            ) from err
-        if validation is not None:
-            validation.restore(state["progress"]["validation"])
-        log.info("resuming %s at trajectory %d", partial, trainer.trajectory)
+        _resume(trainer, validation, partial)
 
     def save_partial() -> None:
         extra = {"validation": None if validation is None else validation.early.state()}
@@ -513,6 +503,21 @@ def train_editor(
     write_log(trainer.rows, log_path)
     partial.unlink(missing_ok=True)
     return TrainResult(out, log_path, trainer.rows)
+
+
+def _resume(trainer, validation, partial: Path) -> None:
+    """Continue from the partial checkpoint ``partial`` (training and validation progress)."""
+    state = torch.load(partial, map_location=trainer.editor.device, weights_only=False)
+    try:
+        trainer.restore(state, str(partial))
+    except CheckpointMismatchError as err:
+        # In the workflow a changed configuration reruns the job with --resume: say what to do.
+        raise CheckpointMismatchError(
+            f"{err}; to train under the new configuration, delete {partial}"
+        ) from err
+    if validation is not None:
+        validation.restore(state["progress"]["validation"])
+    log.info("resuming %s at trajectory %d", partial, trainer.trajectory)
 
 
 def _run_trajectories(trainer, validation, stop_after, progress, save_partial) -> bool:
