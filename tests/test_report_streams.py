@@ -101,6 +101,31 @@ def test_validation_files_of_both_kinds_and_empty_ones(tmp_path):
     assert _is_png(out)
 
 
+def test_a_baseline_grid_search_is_read_as_candidates(tmp_path):
+    # The layout hiedit/baselines/tuning.py writes: hyperparameter values of any type, timings,
+    # an error text and the chosen flag beside the scores.
+    path = run_file(tmp_path, "alphaedit", 0, "validation.csv")
+    rows = {
+        "candidate": [0, 1],
+        "target": ["{'v_num_grad_steps': 3}", "{'v_num_grad_steps': 2}"],
+        "score": [0.2, 0.4],
+        **{name: [0.1, 0.2] for name in LOGGED},
+        "edit_seconds": [1.5, 1.2],
+        "seconds": [30.0, 28.0],
+        "error": ["", ""],
+        "chosen": [False, True],
+    }
+    pd.DataFrame(rows).to_csv(path, index=False)
+    logs = read_validation([path, write_validation(tmp_path, "hiedit", 0, [0.2, 0.5])])
+    assert set(logs.candidates["phase"]) == {"grid search"}
+    assert set(logs.candidates["metric"]) == {"score", *LOGGED}
+    summary = validation_summary(logs).set_index(["variant", "seed"])
+    assert summary.loc[("alphaedit", 0), "best_at"] == 1
+    out = tmp_path / "validation.png"
+    validation_curves_figure(logs, out)
+    assert _is_png(out)
+
+
 def test_only_empty_validation_files_still_give_a_figure(tmp_path):
     logs = read_validation([write_empty_validation(tmp_path, "hiedit", 0)])
     out = tmp_path / "validation.png"

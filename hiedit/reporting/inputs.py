@@ -185,6 +185,21 @@ def read_curves(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
 # The step-size search writes one row per candidate instead (its search phase and step sizes).
 VALIDATION_X = "trajectory"
 CANDIDATE_COLUMNS = ("candidate", "phase", "score")
+# A baseline's grid search (hiedit/baselines/tuning.py) writes one row per candidate too, with
+# its hyperparameter values (any type), timings and an error text: only its scores are read, as
+# candidates of the phase GRID_PHASE.
+GRID_COLUMNS = ("candidate", "score", "chosen")
+GRID_PHASE = "grid search"
+GRID_METRICS = (
+    "score",
+    "efficacy",
+    "generalization",
+    "specificity",
+    "specificity_agreement",
+    "specificity_agreement_correct",
+    "specificity_kl",
+    "retention_efficacy",
+)
 
 
 @dataclass
@@ -211,20 +226,30 @@ def read_validation(paths: Iterable[str | os.PathLike[str]]) -> ValidationLogs:
         given = True
         identity = run_identity(path)
         frame = read_csv(path)
+        grid = False
         if VALIDATION_X in frame.columns:
             x, ids, out = VALIDATION_X, [VALIDATION_X], trajectories
         elif all(c in frame.columns for c in CANDIDATE_COLUMNS):
             x, ids, out = "candidate", ["candidate", "phase"], candidates
+        elif all(c in frame.columns for c in GRID_COLUMNS):
+            x, ids, out, grid = "candidate", ["candidate", "phase"], candidates, True
         else:
             raise ReportInputError(
-                f"{path}: expected a {VALIDATION_X!r} column (a trained editor's validations) "
-                f"or {', '.join(CANDIDATE_COLUMNS)} (a step-size search); "
+                f"{path}: expected a {VALIDATION_X!r} column (a trained editor's validations), "
+                f"{', '.join(CANDIDATE_COLUMNS)} (a step-size search) or "
+                f"{', '.join(GRID_COLUMNS)} (a baseline's grid search); "
                 f"found {', '.join(map(str, frame.columns)) or 'none'}"
             )
         if frame.empty:
             empty.append(identity)
             continue
-        metrics = [c for c in frame.columns if c not in ids and not str(c).startswith(STEP_PREFIX)]
+        if grid:
+            frame = frame.assign(phase=GRID_PHASE)
+            metrics = [c for c in GRID_METRICS if c in frame.columns]
+        else:
+            metrics = [
+                c for c in frame.columns if c not in ids and not str(c).startswith(STEP_PREFIX)
+            ]
         _numeric(frame, (x, *metrics), str(path))
         long = frame[[*ids, *metrics]].melt(id_vars=ids, var_name="metric", value_name="value")
         long[x] = long[x].astype("int64")
