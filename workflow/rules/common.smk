@@ -189,7 +189,8 @@ def key_stats_run_config(wildcards):
 
 def seeds_of(variant):
     """The seeds a variant runs with: ``variant_seeds`` of the setup, else its ``seeds`` (only
-    the first for an editor that draws nothing at random: the others would repeat it)."""
+    the first for an editor that draws nothing at random: the others would repeat it).
+    """
     if variant in SETUP["variant_seeds"]:
         return SETUP["variant_seeds"][variant]
     return SETUP["seeds"] if registry.get(variant).seeded else SETUP["seeds"][:1]
