@@ -31,20 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hiedit.data.records import EditRecord
+from hiedit.validation_metrics import LOGGED_METRICS
 
 log = logging.getLogger(__name__)
 
 SCORE_METRICS = ("efficacy", "generalization", "specificity_agreement_correct")
-# What a validation row reports (besides its trajectory and score).
-LOGGED_METRICS = (
-    "efficacy",
-    "generalization",
-    "specificity",
-    "specificity_agreement",
-    "specificity_agreement_correct",
-    "specificity_kl",
-    "retention_efficacy",
-)
+# A validation row: its trajectory, its score and LOGGED_METRICS.
 VALIDATION_COLUMNS = ("trajectory", "score", *LOGGED_METRICS)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from hiedit.errors import HiEditError
 from hiedit.phases import EDIT_PHASES, phase_column
+from hiedit.validation_metrics import LOGGED_METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -190,16 +191,7 @@ CANDIDATE_COLUMNS = ("candidate", "phase", "score")
 # candidates of the phase GRID_PHASE.
 GRID_COLUMNS = ("candidate", "score", "chosen")
 GRID_PHASE = "grid search"
-GRID_METRICS = (
-    "score",
-    "efficacy",
-    "generalization",
-    "specificity",
-    "specificity_agreement",
-    "specificity_agreement_correct",
-    "specificity_kl",
-    "retention_efficacy",
-)
+GRID_METRICS = ("score", *LOGGED_METRICS)
 
 
 @dataclass
