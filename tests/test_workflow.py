@@ -116,10 +116,12 @@ def test_study_dag_runs_unseeded_baselines_once():
     result = snakemake("-n", "--config", "setup=study")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    # Per dataset (two): hiedit, tuned-step, rledit, hiedit-rand at 3 seeds, static-k at one
-    # (variant_seeds), the baselines ft-m, ultraedit, ultraedit-1 once (nothing of theirs
-    # depends on the seed).
-    assert counts["evaluate"] == 2 * (4 * 3 + 1 + 3)
-    # hiedit, rledit, tuned-step at 3 seeds; one grid search per baseline.
-    assert counts["train_editor"] == 2 * (3 * 3 + 3)
+    # Per dataset (two): hiedit, tuned-step, rledit, hiedit-rand at 3 seeds, static-k,
+    # no-intrinsic, mend and malmen at one (variant_seeds), the baselines ft-m, ultraedit,
+    # ultraedit-1 once (nothing of theirs depends on the seed).
+    assert counts["evaluate"] == 2 * (4 * 3 + 4 + 3)
+    # hiedit, rledit, tuned-step at 3 seeds, no-intrinsic, mend and malmen at one (static-k and
+    # hiedit-rand use hiedit's networks); one grid search per baseline.
+    assert counts["train_editor"] == 2 * (3 * 3 + 3 + 3)
+    assert "no-intrinsic/seed1" not in result.stdout
     assert "ft-m/seed1" not in result.stdout
