@@ -5,8 +5,9 @@ training: the untrained HiEdit networks with a set step size (``--lr``), on the 
 ``--n-edits`` records of an eval split. Writes the stream's ``per_edit.csv`` and a summary CSV
 with, per window of ``--window`` edits, the median per-edit wall time and the resident memory,
 the ratio of the last window's median to the first's (the target: within 10 %), the memory
-growth, and the final O(T) scoring's throughput (scored tuples per second). Times are this
-machine's: compare the ratio, not the seconds, across machines.
+growth, and the final O(T) scoring's throughput (scored tuples per second); with ``--plot``, the
+report's long-stream panels of those windows. Times are this machine's: compare the ratio, not
+the seconds, across machines.
 
 Example (the study's 20,000-record ZsRE eval split)::
 
@@ -52,6 +53,14 @@ def window_summary(per_edit, window: int) -> list[dict]:
     return rows
 
 
+def plot_windows(per_edit, args: argparse.Namespace, variant: str) -> None:
+    """The report's Figure 8 panels (window medians of wall time and RSS) for this stream."""
+    from hiedit.reporting.long_stream import long_stream_figure, stream_windows
+
+    run = per_edit.assign(model=args.model, dataset=args.dataset, variant=variant, seed=0)
+    long_stream_figure(stream_windows(run, args.window), None, args.plot)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config.yaml")
@@ -64,6 +73,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--per-edit", help="where to write the stream's per_edit.csv")
+    parser.add_argument(
+        "--plot", help="where to write the report's long-stream figure of these windows (PNG)"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -109,6 +121,8 @@ def main() -> None:
         writer.writerow({"kind": "summary", **summary})
     if args.per_edit:
         result.per_edit.to_csv(args.per_edit, index=False)
+    if args.plot:
+        plot_windows(result.per_edit, args, job["variant"])
     log.info(
         "last/first window median per-edit time %.3f; RSS %.0f -> %.0f MiB; scoring %.1f tuples/s",
         summary["last_over_first"],

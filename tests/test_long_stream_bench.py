@@ -37,6 +37,8 @@ def test_long_stream_benchmark_writes_windows_and_a_summary(tmp_path):
             str(tmp_path / "per_edit.csv"),
             "--out",
             str(out),
+            "--plot",
+            str(tmp_path / "bench.png"),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -53,3 +55,5 @@ def test_long_stream_benchmark_writes_windows_and_a_summary(tmp_path):
     assert float(summary["final_scoring_tuples_per_s"]) > 0
     with open(tmp_path / "per_edit.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 6
+    # the report's long-stream panels of the same windows, as a PNG
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -47,6 +47,13 @@ rule bench_long_stream:
     output:
         csv=res("bench/long_stream/{model}.csv"),
         per_edit=res("bench/long_stream/{model}.per_edit.csv"),
+        png=report(
+            res("bench/long_stream/{model}.png"),
+            caption="../report/figure9_long_stream_bench.rst",
+            category="Figure 9",
+            subcategory="Flat long stream",
+            labels={"figure": "long-stream benchmark", "model": "{model}"},
+        ),
     log:
         res("logs/bench_long_stream/{model}.log"),
     conda:
@@ -58,12 +65,16 @@ rule bench_long_stream:
         setup=SETUP["name"],
         dataset=lambda w: SETUP["long_stream"]["datasets"][0],
         n_edits=lambda w: SETUP["long_stream"]["n_edits"],
+        # Ten windows, at most 1,000 edits each (the report's long-stream windows).
+        window=lambda w: min(1000, max(1, SETUP["long_stream"]["n_edits"] // 10)),
     shell:
         "python {input.script} --setup {params.setup} --model {wildcards.model}"
         " --dataset {params.dataset} --eval-data {input.eval} --n-edits {params.n_edits}"
-        " --per-edit {output.per_edit} --out {output.csv} --threads {threads} > {log} 2>&1"
+        " --window {params.window} --per-edit {output.per_edit} --out {output.csv}"
+        " --plot {output.png} --threads {threads} > {log} 2>&1"
 
 
 rule long_stream_bench:
     input:
         expand(rules.bench_long_stream.output.csv, model=SETUP["models"]),
+        expand(rules.bench_long_stream.output.png, model=SETUP["models"]),
