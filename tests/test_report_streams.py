@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 
 from hiedit.cli import main
-from hiedit.reporting.figures import validation_curves_figure, validation_summary
+from hiedit.reporting.figures import (
+    training_edits_per_trajectory,
+    validation_curves_figure,
+    validation_summary,
+    with_training_edits,
+)
 from hiedit.reporting.inputs import ReportInputError, read_curves, read_per_edit, read_validation
 from hiedit.reporting.long_stream import long_stream_figure, stream_summary, stream_windows
 
@@ -282,3 +287,27 @@ def test_validation_cli(tmp_path):
     )
     assert _is_png(out)
     assert pd.read_csv(summary)["variant"].tolist() == ["hiedit", "tuned-step"]
+
+
+def test_validation_curves_share_an_axis_of_training_edits(tmp_path):
+    # MEND trains on single edits: its trajectory 40 holds as many edits as hiedit's trajectory 2.
+    assert training_edits_per_trajectory("hiedit", 20) == 20
+    assert training_edits_per_trajectory("mend", 20) == 1
+    logs = read_validation(
+        [
+            write_validation(tmp_path, "hiedit", 0, [0.2, 0.5, 0.4]),
+            write_validation(tmp_path, "mend", 0, [0.1, 0.3]),
+        ]
+    )
+    edits = with_training_edits(logs.trajectories, 20)
+    score = edits[edits["metric"] == "score"].set_index(["variant", "trajectory"])["edits"]
+    assert score.to_dict() == {
+        ("hiedit", 0): 0,
+        ("hiedit", 5): 100,
+        ("hiedit", 10): 200,
+        ("mend", 0): 0,
+        ("mend", 5): 5,
+    }
+    out = tmp_path / "validation.png"
+    validation_curves_figure(logs, out, trajectory_length=20)
+    assert _is_png(out)

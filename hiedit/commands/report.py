@@ -139,6 +139,11 @@ def register_streams(sub: argparse._SubParsersAction) -> None:
     )
     validation.add_argument("--out", required=True, help="output PNG")
     validation.add_argument("--summary", help="also write the best validation per run as CSV here")
+    validation.add_argument(
+        "--trajectory-length",
+        type=int,
+        help="the setup's training trajectory length: plot against training edits seen",
+    )
     validation.set_defaults(func=_validation_curves)
 
     long = sub.add_parser(
@@ -275,7 +280,9 @@ def _validation_curves(args: argparse.Namespace) -> int:
     from hiedit.reporting.figures import validation_curves_figure
     from hiedit.reporting.inputs import read_validation
 
-    summary = validation_curves_figure(read_validation(args.validation), args.out)
+    summary = validation_curves_figure(
+        read_validation(args.validation), args.out, args.trajectory_length
+    )
     if args.summary:
         with atomic_path(args.summary) as tmp:
             summary.to_csv(tmp, index=False)

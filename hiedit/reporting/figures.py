@@ -513,13 +513,31 @@ def _draw_message(ax, text: str) -> None:
     ax.set_axis_off()
 
 
-def validation_curves_figure(logs: ValidationLogs, out: str | os.PathLike[str]) -> pd.DataFrame:
-    """Figure 7: the validation metrics (percent) against the training trajectory, per variant.
+def training_edits_per_trajectory(variant: str, setup_length: int) -> int:
+    """How many edits one training trajectory of ``variant`` holds: the setup's trajectory
+    length, or the variant's own (MEND and MALMEN train on single edits)."""
+    return int(registry.get(variant).training_overrides.get("trajectory_length", setup_length))
+
+
+def with_training_edits(trajectories: pd.DataFrame, setup_length: int) -> pd.DataFrame:
+    """``trajectories`` (validation rows with ``variant`` and ``trajectory``) with an ``edits``
+    column: the training edits seen at each validation."""
+    per = trajectories["variant"].map(lambda v: training_edits_per_trajectory(v, setup_length))
+    return trajectories.assign(edits=trajectories["trajectory"] * per)
+
+
+def validation_curves_figure(
+    logs: ValidationLogs, out: str | os.PathLike[str], trajectory_length: int | None = None
+) -> pd.DataFrame:
+    """Figure 7: the validation metrics (percent) against training progress, per variant.
 
     One row of panels per model × dataset, one column per metric of :data:`VALIDATION_METRICS`;
-    lines are means over seeds with their 95 % t-interval. Where the step-size search ran, a last
-    column shows its candidates' scores in search order (one marker per candidate, coloured by
-    search phase, a line for each seed's best so far). Returns :func:`validation_summary`.
+    lines are means over seeds with their 95 % t-interval. With the setup's
+    ``trajectory_length`` the x axis counts training edits (trajectories × each variant's edits
+    per trajectory, so single-edit and trajectory training share one axis); without it,
+    trajectories. Where the step-size search ran, a last column shows its candidates' scores in
+    search order (one marker per candidate, coloured by search phase, a line for each seed's best
+    so far). Returns :func:`validation_summary`.
     """
     _setup()
     import matplotlib.pyplot as plt
@@ -527,6 +545,10 @@ def validation_curves_figure(logs: ValidationLogs, out: str | os.PathLike[str]) 
 
     trajectories = logs.trajectories[logs.trajectories["metric"].isin(VALIDATION_METRICS)].copy()
     trajectories["value"] = trajectories["value"] * 100.0
+    x, x_label = "trajectory", "trajectories trained"
+    if trajectory_length is not None:
+        trajectories = with_training_edits(trajectories, trajectory_length)
+        x, x_label = "edits", "training edits seen"
     candidates = logs.candidates[logs.candidates["metric"] == "score"].copy()
     candidates["value"] = candidates["value"] * 100.0
     # A phase reads "shared <step size>" or "pass <n> module <m>": colour by its kind only.
@@ -579,7 +601,7 @@ def validation_curves_figure(logs: ValidationLogs, out: str | os.PathLike[str]) 
                 else:
                     sns.lineplot(
                         data=mine,
-                        x="trajectory",
+                        x=x,
                         y="value",
                         hue="variant",
                         hue_order=[v for v in variants if v in set(mine["variant"])],
@@ -591,7 +613,7 @@ def validation_curves_figure(logs: ValidationLogs, out: str | os.PathLike[str]) 
                         ax=ax,
                         legend=False,
                     )
-                    ax.set_xlabel("trajectories trained")
+                    ax.set_xlabel(x_label)
                 if r == 0:
                     ax.set_title(VALIDATION_METRICS[column])
             ax.set_ylabel("\n".join([*run.split(" / "), "%"]) if c == 0 else "")

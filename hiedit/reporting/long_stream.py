@@ -192,6 +192,10 @@ def long_stream_figure(
                     ax=ax,
                     legend=False,
                 )
+            if column in ("median_wall_ms", "median_rss_mib"):
+                # From zero and without an offset: the question is whether the cost stays flat.
+                ax.set_ylim(0, max(ax.get_ylim()[1], 1e-9) * 1.15)
+                ax.ticklabel_format(axis="y", useOffset=False, style="plain")
             if r == 0:
                 ax.set_title(title)
             ax.set_ylabel("\n".join([*run.split(" / "), unit]).strip() if c == 0 else unit)
@@ -205,6 +209,7 @@ def long_stream_figure(
         frameon=False,
         bbox_to_anchor=(0.5, -0.02),
     )
-    fig.suptitle("The long stream: cost per edit and learning curves", y=1.0)
+    title = "cost per edit and learning curves" if metrics else "cost per edit"
+    fig.suptitle(f"The long stream: {title}", y=1.0)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     _save(fig, out)

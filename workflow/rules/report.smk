@@ -339,9 +339,11 @@ rule report_validation_curves:
         mem_mb=1500,
     params:
         settings=REPORT_SETTINGS,
+        trajectory_length=SETUP["training"]["trajectory_length"],
     shell:
         "python -m hiedit report validation-curves {input.validation}"
-        " --out {output.png} --summary {output.summary} > {log} 2>&1"
+        " --out {output.png} --summary {output.summary}"
+        " --trajectory-length {params.trajectory_length} > {log} 2>&1"
 
 
 rule report_long_stream:
