@@ -17,17 +17,10 @@ from hiedit.reporting.figures import (
 )
 from hiedit.reporting.inputs import ReportInputError, read_curves, read_per_edit, read_validation
 from hiedit.reporting.long_stream import long_stream_figure, stream_summary, stream_windows
+from hiedit.validation_metrics import LOGGED_METRICS
 
 MODEL, DATASET = "tiny-llama", "geofacts-zsre"
-LOGGED = [
-    "efficacy",
-    "generalization",
-    "specificity",
-    "specificity_agreement",
-    "specificity_agreement_correct",
-    "specificity_kl",
-    "retention_efficacy",
-]
+LOGGED = list(LOGGED_METRICS)
 MODULES = ["model.layers.1.mlp.up_proj", "model.layers.2.mlp.up_proj"]
 
 

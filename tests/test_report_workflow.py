@@ -16,6 +16,8 @@ import yaml
 from test_report import synthetic_metrics
 from workflow_helpers import ROOT, copy_workflow, run_snakemake
 
+from hiedit.validation_metrics import LOGGED_METRICS
+
 # Targets that need only the evaluation and training outputs (not the kernel benchmark).
 RESULT_TARGETS = ["main_table", "ablations", "claims", "curves", "timing"]
 SMOKE_MODULES = [
@@ -109,15 +111,7 @@ def write_synthetic_upstream(workdir: Path, files: list[str]) -> None:
         time.sleep(1.1)
 
 
-VALIDATION_METRICS = [
-    "efficacy",
-    "generalization",
-    "specificity",
-    "specificity_agreement",
-    "specificity_agreement_correct",
-    "specificity_kl",
-    "retention_efficacy",
-]
+VALIDATION_METRICS = list(LOGGED_METRICS)
 
 
 def write_validation(path: Path, variant: str, rng: random.Random) -> None:
