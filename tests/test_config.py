@@ -58,8 +58,8 @@ def test_every_schema_key_has_a_description():
     ("mutate", "key"),
     [
         (
-            lambda c: c["setups"]["default"]["variants"].append("bogus"),
-            "setups.default.variants[9]",
+            lambda c: c["setups"]["default"]["variants"].insert(0, "bogus"),
+            "setups.default.variants[0]",
         ),
         (lambda c: c["editor"].update(style="adam"), "editor.style"),
         (lambda c: c["training"].update(back_depth=0), "training.back_depth"),
