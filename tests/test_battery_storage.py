@@ -229,6 +229,30 @@ def test_a_failed_progress_write_keeps_the_previous_state_pair(tmp_path, monkeyp
     assert folder.load()["editor_state"] == "editor-00000002.pt"
 
 
+def test_the_stream_state_removes_the_temporaries_of_a_killed_save(tmp_path, tiny_llama):
+    """A hard kill during a save leaves the outer temporary and, since the editor writes
+    atomically too, a temporary of that temporary; the next save and the final removal clear
+    both, and leave a user's own files in a shared folder alone."""
+    job, model, tokenizer = tiny_llama
+    editor = load_editor(job, model, tokenizer)
+    state = tmp_path / "state"
+    state.mkdir()
+    litter = [
+        ".editor-00000004.pt.678e0xen.tmp",
+        "..editor-00000004.pt.678e0xen.tmp.7w3y41gm.tmp",
+        ".progress.pt.k3x9_q2a.tmp",
+    ]
+    for name in (*litter, "notes.txt", ".mine.tmp"):
+        (state / name).write_bytes(b"half")
+    folder = StateFolder(state, {"inputs": 1})
+    folder.save(editor, {"done": 2})
+    assert listing(state) == [".mine.tmp", "editor-00000002.pt", "notes.txt", PROGRESS_FILE]
+    for name in litter:
+        (state / name).write_bytes(b"half")
+    folder.remove()
+    assert listing(state) == [".mine.tmp", "notes.txt"]
+
+
 def test_a_rerun_removes_what_a_killed_write_of_the_same_file_left(tmp_path):
     folder = tmp_path / "editors"
     folder.mkdir()

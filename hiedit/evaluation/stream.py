@@ -72,7 +72,9 @@ class SequentialEditor(Protocol):
     def edit_records(self, records: Sequence[EditRecord]) -> Any:
         """Edit and commit in place; return an object with ``selected`` and ``seconds``."""
 
-    def save_state(self, path: str | os.PathLike[str]) -> None: ...
+    def save_state(self, path: str | os.PathLike[str]) -> None:
+        """Write what a stream needs to resume to ``path`` (atomically, or the stream's own
+        temporary wrapper makes it so)."""
 
     def load_state(self, path: str | os.PathLike[str]) -> None: ...
 
@@ -242,6 +244,7 @@ class StateFolder:
 
         started = time.perf_counter()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._remove_litter()
         editor_name = f"editor-{progress['done']:08d}.pt"
         new_file = not (self.folder / editor_name).exists()
         with atomic_path(self.folder / editor_name) as tmp:
@@ -270,8 +273,21 @@ class StateFolder:
         self.seconds += self.last_seconds
         log.debug("saved stream state after %d edits in %s", progress["done"], self.folder)
 
+    def _remove_litter(self) -> None:
+        """Delete the temporaries of saves a hard kill interrupted. The editor file is written
+        through a temporary whose name is ``.editor-….pt.<random>.tmp``; an editor whose own
+        ``save_state`` is atomic too writes through a temporary of that temporary
+        (``..editor-….tmp.<random>.tmp``), which no later save of the same name would remove."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.iterdir():
+            own = path.name.lstrip(".").startswith(("editor-", f"{PROGRESS_FILE}."))
+            if path.name.startswith(".") and path.name.endswith(".tmp") and own:
+                path.unlink(missing_ok=True)
+
     def remove(self) -> None:
         """Delete what the stream wrote here (a user-given folder may hold other things)."""
+        self._remove_litter()
         (self.folder / PROGRESS_FILE).unlink(missing_ok=True)
         for path in self.folder.glob("editor-*.pt"):
             path.unlink(missing_ok=True)
