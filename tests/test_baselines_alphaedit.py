@@ -1,4 +1,5 @@
-"""AlphaEdit: efficacy, preserved keys untouched, accumulated keys, resume, config errors."""
+"""AlphaEdit: efficacy, preserved keys untouched, the null-space solve against the dense formula,
+accumulated keys, resume, config errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from editor_helpers import toy_records
 from test_baselines_key_stats import DOWN_PROJ, fresh_model, target_logprob, tiny_stats
 from test_baselines_memit import TINY_SETTINGS, memit, resume_check
 
-from hiedit.baselines.alphaedit import AlphaEditConfig, build, null_space_projector
+from hiedit.baselines.alphaedit import (
+    AlphaEditConfig,
+    build,
+    null_space_basis,
+    null_space_projector,
+)
 from hiedit.baselines.locate import keys_and_outputs
 from hiedit.errors import CheckpointMismatchError, ConfigError
 
@@ -90,21 +96,55 @@ def test_keys_of_earlier_edits_accumulate_across_the_stream():
     model, tokenizer = fresh_model()
     editor = alphaedit(model, tokenizer)
     records = toy_records(3)[1:]
-    expected = [torch.zeros(64, 64, dtype=torch.float64) for _ in DOWN_PROJ]
+    accumulated = [torch.zeros(64, 64, dtype=torch.float64) for _ in DOWN_PROJ]
     for record in records:
         editor.edit_records([record])
         for index, module in enumerate(editor.modules):
             keys, _ = keys_and_outputs(
                 model, tokenizer, [record], editor.prefixes, module, editor.z_layer
             )
-            expected[index] += keys.T @ keys
-    for got, want in zip(editor.accumulated, expected, strict=True):
-        torch.testing.assert_close(got, want)
+            accumulated[index] += keys.T @ keys
+    for gram, basis, want in zip(editor.null_gram, editor.bases, accumulated, strict=True):
+        torch.testing.assert_close(gram, basis.T @ want @ basis)
+
+
+def test_null_space_solve_equals_the_public_codes_dense_system():
+    """``solve(P (Kpᵀ Kp + Kᵀ K) + l2 I, P Kᵀ)`` (AlphaEdit_main.py) against the r × r Cholesky
+    solve in the null space, with earlier keys accumulated and a ridge weight that matters."""
+    model, tokenizer = fresh_model()
+    editor = alphaedit(model, tokenizer, l2=0.5)
+    generator = torch.Generator().manual_seed(3)
+    earlier = torch.randn(40, 64, generator=generator, dtype=torch.float64)
+    keys = torch.randn(3, 64, generator=generator, dtype=torch.float64)
+    residuals = torch.randn(3, 64, generator=generator, dtype=torch.float64)
+    for index, name in enumerate(DOWN_PROJ):
+        basis = editor.bases[index]
+        editor.null_gram[index] = basis.T @ (earlier.T @ earlier) @ basis
+        projector, dim = null_space_projector(tiny_stats().second_moments[name], middle_threshold())
+        assert dim == basis.shape[1]
+        torch.testing.assert_close(basis @ basis.T, projector)
+        dense = torch.linalg.solve(
+            projector @ (earlier.T @ earlier + keys.T @ keys) + 0.5 * torch.eye(64).double(),
+            projector @ keys.T,
+        )
+        update = editor.solve(index, keys, residuals)
+        torch.testing.assert_close(update.a, dense.T, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(update.b, residuals)
+
+
+def test_an_empty_null_space_gives_a_zero_update():
+    moment = tiny_stats().second_moments[DOWN_PROJ[0]]
+    assert null_space_basis(moment, 1e-30).shape == (64, 0)
+    model, tokenizer = fresh_model()
+    editor = alphaedit(model, tokenizer, nullspace_threshold=1e-30)
+    assert set(editor.null_dims) == {0}
+    update = editor.solve(0, torch.randn(2, 64, dtype=torch.float64), torch.ones(2, 64).double())
+    assert update.a.shape == (2, 64) and not update.a.any()
 
 
 def test_stream_resumes_with_identical_results(tmp_path):
     editor = resume_check(alphaedit, tmp_path)
-    assert float(editor.accumulated[0].abs().sum()) > 0
+    assert float(editor.null_gram[0].abs().sum()) > 0
 
 
 def test_state_of_another_editor_is_refused(tmp_path):
