@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hiedit.baselines.alphaedit import null_space_solve  # noqa: E402
+from hiedit.evaluation.runinfo import cpu_name  # noqa: E402
 
 FIELDS = [
     "device",
@@ -39,16 +39,6 @@ FIELDS = [
     "speedup",
     "max_rel_diff",
 ]
-
-
-def device_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def dense_solve(projector, accumulated, keys, l2):
@@ -82,7 +72,7 @@ def run_case(d_in: int, null_dim: int, n_keys: int, repeats: int, seed: int) -> 
             times[name].append(time.perf_counter() - start)
     dense_s, ours_s = (statistics.median(times[k]) for k in ("dense", "null_space"))
     return {
-        "device": device_name(),
+        "device": cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "d_in": d_in,

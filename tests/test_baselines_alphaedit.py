@@ -13,7 +13,6 @@ from hiedit.baselines.alphaedit import (
     AlphaEditConfig,
     build,
     null_space_basis,
-    null_space_projector,
 )
 from hiedit.baselines.locate import keys_and_outputs
 from hiedit.errors import CheckpointMismatchError, ConfigError
@@ -85,7 +84,8 @@ def test_update_leaves_the_preserved_keys_outputs_unchanged():
 
 def test_projector_is_the_small_eigenvalue_subspace():
     moment = tiny_stats().second_moments[DOWN_PROJ[1]]
-    projector, dim = null_space_projector(moment, middle_threshold())
+    basis = null_space_basis(moment, middle_threshold())
+    projector, dim = basis @ basis.T, basis.shape[1]
     torch.testing.assert_close(projector @ projector, projector)
     assert round(float(torch.trace(projector))) == dim
     values = torch.linalg.eigh(moment.double()).eigenvalues
@@ -120,7 +120,8 @@ def test_null_space_solve_equals_the_public_codes_dense_system():
     for index, name in enumerate(DOWN_PROJ):
         basis = editor.bases[index]
         editor.null_gram[index] = basis.T @ (earlier.T @ earlier) @ basis
-        projector, dim = null_space_projector(tiny_stats().second_moments[name], middle_threshold())
+        own = null_space_basis(tiny_stats().second_moments[name], middle_threshold())
+        projector, dim = own @ own.T, own.shape[1]
         assert dim == basis.shape[1]
         torch.testing.assert_close(basis @ basis.T, projector)
         dense = torch.linalg.solve(
@@ -173,3 +174,22 @@ def test_state_of_another_editor_is_refused(tmp_path):
 def test_bad_hyperparameters_name_the_key(values, message):
     with pytest.raises(ConfigError, match=message):
         AlphaEditConfig.from_mapping(values)
+
+
+def test_a_state_from_before_the_null_space_solver_is_refused_naming_the_file(tmp_path):
+    model, tokenizer = fresh_model()
+    editor = alphaedit(model, tokenizer, v_num_grad_steps=2)
+    editor.edit_records(toy_records(1))
+    editor.save_state(tmp_path / "alpha.pt")
+    state = torch.load(tmp_path / "alpha.pt", weights_only=False)
+    state["extra"] = {
+        "accumulated": {name: torch.zeros(64, 64).double() for name in DOWN_PROJ},
+        "null_dims": state["extra"]["null_dims"],
+    }
+    torch.save(state, tmp_path / "old.pt")
+    fresh = alphaedit(*fresh_model(), v_num_grad_steps=2)
+    before = [m.weight.detach().clone() for m in fresh.modules]
+    with pytest.raises(CheckpointMismatchError, match=r"old\.pt: an AlphaEdit state from before"):
+        fresh.load_state(tmp_path / "old.pt")
+    for module, weight in zip(fresh.modules, before, strict=True):
+        assert torch.equal(module.weight, weight)

@@ -76,13 +76,6 @@ def null_space_basis(second_moment, threshold: float):
     return eigenvectors[:, eigenvalues < threshold].contiguous()
 
 
-def null_space_projector(second_moment, threshold: float):
-    """``(P, dim)``: the projector ``Û Ûᵀ`` onto that space (:func:`null_space_basis`), in fp64,
-    and its dimension."""
-    basis = null_space_basis(second_moment, threshold)
-    return basis @ basis.T, int(basis.shape[1])
-
-
 def null_space_solve(basis, gram, keys, l2: float):
     """``ΔWᵀ``'s key factor ``X = Û Y`` (d_in × n) with ``(G + (K Û)ᵀ (K Û) + l2 · I) Y = (K Û)ᵀ``
     (module docstring): ``basis`` Û (d_in × r), ``gram`` G (r × r), ``keys`` K (n × d_in)."""

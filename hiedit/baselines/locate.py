@@ -672,6 +672,11 @@ class LocateThenEdit:
             raise CheckpointMismatchError(
                 f"{path}: written under another configuration ({', '.join(differ)} differ)"
             )
+        try:
+            # Before the weights: a refused extra state leaves the model as it was.
+            self.load_extra_state(state["extra"])
+        except CheckpointMismatchError as err:
+            raise CheckpointMismatchError(f"{path}: {err}") from None
         with torch.no_grad():
             for name, module in zip(self.module_names, self.modules, strict=True):
                 module.weight.copy_(state["weights"][name])
@@ -680,4 +685,3 @@ class LocateThenEdit:
         self.prefixes = list(state["prefixes"])
         self.step = int(state["step"])
         self.fallbacks = int(state["fallbacks"])
-        self.load_extra_state(state["extra"])
