@@ -33,12 +33,16 @@ def test_long_stream_benchmark_writes_windows_and_a_summary(tmp_path):
             "2",
             "--lr",
             "1e-3",
+            "--probe-every",
+            "3",
             "--per-edit",
             str(tmp_path / "per_edit.csv"),
             "--out",
             str(out),
             "--plot",
             str(tmp_path / "bench.png"),
+            "--probe-plot",
+            str(tmp_path / "probe.png"),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -53,7 +57,17 @@ def test_long_stream_benchmark_writes_windows_and_a_summary(tmp_path):
     assert [int(w["first_edit"]) for w in windows] == [0, 2, 4]
     assert float(summary["last_over_first"]) > 0 and float(summary["rss_last_mib"]) > 0
     assert float(summary["final_scoring_tuples_per_s"]) > 0
+    # the host probe ran after edits 3 and 6 (windows 1 and 2; window 0 has none) and every
+    # timed phase of the edit has its own window median and ratio
+    assert windows[0]["probe_seconds"] == "nan"
+    assert all(float(w["probe_seconds"]) > 0 for w in windows[1:])
+    for column in ("capture", "route", "update", "commit"):
+        assert float(windows[0][f"median_{column}_seconds"]) > 0
+        assert float(summary[f"median_{column}_seconds_last_over_first"]) > 0
+    assert float(summary["probe_seconds_last_over_first"]) > 0
+    assert float(summary["edit_over_probe_last_over_first"]) > 0
     with open(tmp_path / "per_edit.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 6
     # the report's long-stream panels of the same windows, as a PNG
-    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("bench.png", "probe.png"):
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

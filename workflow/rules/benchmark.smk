@@ -54,6 +54,13 @@ rule bench_long_stream:
             subcategory="Flat long stream",
             labels={"figure": "long-stream benchmark", "model": "{model}"},
         ),
+        probe_png=report(
+            res("bench/long_stream/{model}.probe.png"),
+            caption="../report/figure9_long_stream_probe.rst",
+            category="Figure 9",
+            subcategory="Flat long stream",
+            labels={"figure": "long-stream benchmark, host probe", "model": "{model}"},
+        ),
     log:
         res("logs/bench_long_stream/{model}.log"),
     conda:
@@ -71,10 +78,11 @@ rule bench_long_stream:
         "python {input.script} --setup {params.setup} --model {wildcards.model}"
         " --dataset {params.dataset} --eval-data {input.eval} --n-edits {params.n_edits}"
         " --window {params.window} --per-edit {output.per_edit} --out {output.csv}"
-        " --plot {output.png} --threads {threads} > {log} 2>&1"
+        " --plot {output.png} --probe-plot {output.probe_png} --threads {threads} > {log} 2>&1"
 
 
 rule long_stream_bench:
     input:
         expand(rules.bench_long_stream.output.csv, model=SETUP["models"]),
         expand(rules.bench_long_stream.output.png, model=SETUP["models"]),
+        expand(rules.bench_long_stream.output.probe_png, model=SETUP["models"]),
