@@ -14,9 +14,10 @@ from test_baselines_key_stats import DOWN_PROJ, fresh_model, target_logprob, tin
 
 from hiedit.baselines.alphaedit import AlphaEditConfig
 from hiedit.baselines.key_stats import KeyStatsConfig
-from hiedit.baselines.locate import keys_and_outputs, subject_last_index
+from hiedit.baselines.locate import keys_and_outputs, optimise_target, subject_last_index
 from hiedit.baselines.memit import MEMITConfig, build
 from hiedit.data.records import QA, EditRecord
+from hiedit.editor.prefix import PrefixCache
 from hiedit.errors import CheckpointMismatchError, ConfigError, ModelError
 from hiedit.evaluation.stream import StreamSettings, run_stream
 from hiedit.phases import EDIT_PHASES
@@ -74,6 +75,32 @@ def test_single_layer_single_edit_matches_the_closed_form():
         rtol=1e-3,
         atol=1e-4 * float(residual.abs().max()),
     )
+
+
+def test_target_optimisation_reusing_the_lower_layers_matches_the_whole_decoder():
+    model, tokenizer = fresh_model()
+    editor = memit(model, tokenizer)
+    # the cached path is taken: layers below the last edited one exist and the model is a Llama
+    assert PrefixCache(model, [editor.z_layer]).first == 2  # DOWN_PROJ: layers 0, 1, 2
+    for record in toy_records(3):
+        targets = [
+            optimise_target(
+                model,
+                tokenizer,
+                record,
+                editor.z_layer,
+                editor.prefixes,
+                editor.settings,
+                reuse_lower_layers=reuse,
+            )
+            for reuse in (True, False)
+        ]
+        cached, whole = targets
+        assert cached.steps == whole.steps > 0
+        torch.testing.assert_close(cached.h, whole.h, rtol=0, atol=0)
+        torch.testing.assert_close(cached.z, whole.z, rtol=1e-5, atol=1e-6)
+        assert cached.nll == pytest.approx(whole.nll, rel=1e-5)
+        assert not torch.equal(cached.z, cached.h)  # the optimisation moved the target
 
 
 def test_subject_position_and_fallback():

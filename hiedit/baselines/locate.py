@@ -15,7 +15,10 @@ One edit step for records ``r`` (Meng et al., ICLR 2023, §4.3, and the public M
    ``v_weight_decay · ‖δ‖ / ‖h‖²``; after each step ``‖δ‖`` is clamped to
    ``clamp_norm_factor · ‖h‖`` (``h``: the unedited output at the edit prompt's subject). The
    loop stops early when the loss is below ``v_stop_loss``; the last of the ``v_num_grad_steps``
-   iterations only evaluates. ``z = h + δ``.
+   iterations only evaluates. ``z = h + δ``. The decoder layers below the last edited one see
+   the same inputs at every step and do not depend on ``δ``: their hidden states are computed
+   once per record (:class:`hiedit.editor.prefix.PrefixCache`) and each step runs only the
+   layers from the last edited one up.
 2. **Spread**: for the edited layers in order ``i = 0 … L−1``, at the current weights (earlier
    layers of this step already changed): the key ``k`` of a record is the down-projection's input
    at the last subject token, averaged as MEMIT does (the mean of the plain prompt's key and the
@@ -285,11 +288,18 @@ def optimise_target(
     z_layer: nn.Module,
     prefixes: Sequence[str],
     cfg: LocateConfig,
+    *,
+    reuse_lower_layers: bool = True,
 ) -> Target:
-    """Step 1 of the module docstring for one record (MEMIT's ``compute_z``)."""
+    """Step 1 of the module docstring for one record (MEMIT's ``compute_z``).
+
+    ``reuse_lower_layers=False`` runs the whole decoder at every step (the reference the tests
+    compare the cached path against; the result is the same).
+    """
     import torch
 
-    from hiedit.data.tokenize import IGNORE_INDEX, encode_qa
+    from hiedit.data.tokenize import IGNORE_INDEX, Batch, encode_qa
+    from hiedit.editor.prefix import PrefixCache
 
     prompt, target, subject = record.edit.prompt, record.edit.target, record.subject
     texts = context_texts(prompt, prefixes)
@@ -328,6 +338,9 @@ def optimise_target(
         )
         return _with_hidden(output, hidden + shift)
 
+    # One cache per record: its rows are this record's texts only.
+    prefix = PrefixCache(model, [z_layer], max_entries=len(rows)) if reuse_lower_layers else None
+    scored = Batch(input_ids, attention_mask, labels)
     optimiser = torch.optim.Adam([delta], lr=cfg.v_lr)
     kl_init = None
     steps, nll_value = 0, float("nan")
@@ -336,9 +349,12 @@ def optimise_target(
         for iteration in range(cfg.v_num_grad_steps):
             optimiser.zero_grad()
             with torch.enable_grad():
-                hidden = model.get_decoder()(
-                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-                ).last_hidden_state
+                if prefix is not None:
+                    hidden = prefix.last_hidden_state(scored)
+                else:
+                    hidden = model.get_decoder()(
+                        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                    ).last_hidden_state
                 log_probs = torch.log_softmax(output_logits(model, hidden[answer]).float(), -1)
                 picked = log_probs.gather(1, labels[answer][:, None])[:, 0]
                 per_row = picked.new_zeros(len(texts)).index_add(0, answer_rows, picked)
