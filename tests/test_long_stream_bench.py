@@ -71,3 +71,48 @@ def test_long_stream_benchmark_writes_windows_and_a_summary(tmp_path):
     # the report's long-stream panels of the same windows, as a PNG
     for figure in ("bench.png", "probe.png"):
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_edits_only_runs_the_edit_loop_without_scoring(tmp_path):
+    eval_data = write_split(toy_records(4), tmp_path / "eval.parquet")
+    out = tmp_path / "bench.csv"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/long_stream.py",
+            "--setup",
+            "smoke",
+            "--model",
+            "tiny-llama",
+            "--eval-data",
+            str(eval_data),
+            "--n-edits",
+            "4",
+            "--window",
+            "2",
+            "--probe-every",
+            "1",
+            "--edits-only",
+            "--per-edit",
+            str(tmp_path / "per_edit.csv"),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(out) as handle:
+        rows = list(csv.DictReader(handle))
+    (summary,) = [r for r in rows if r["kind"] == "summary"]
+    assert summary["edits_only"] == "True" and summary["final_scoring_tuples_per_s"] == "nan"
+    assert float(summary["edit_over_probe_last_over_first"]) > 0
+    with open(tmp_path / "per_edit.csv") as handle:
+        per_edit = list(csv.DictReader(handle))
+    # the edit log of the stream, without any score column
+    assert [int(r["index"]) for r in per_edit] == [0, 1, 2, 3]
+    assert {"wall_seconds", "rss_mib", "capture_seconds", "commit_seconds"} <= set(per_edit[0])
+    assert not {"efficacy", "specificity", "unedited_efficacy"} & set(per_edit[0])
+    assert "scoring unedited" not in run.stderr

@@ -335,6 +335,32 @@ def run_stream(
     return run.assemble()
 
 
+def run_edits_only(
+    editor: SequentialEditor,
+    model,
+    tokenizer,
+    records: Sequence[EditRecord],
+    settings: StreamSettings,
+    *,
+    progress: bool = True,
+):
+    """The stream's edit loop alone, without the scoring before and after it: the per-edit log
+    (``index``, ``wall_seconds``, ``rss_mib``, the phases …) as a DataFrame.
+
+    For cost benchmarks (``benchmarks/long_stream.py --edits-only``): the edits, their
+    bookkeeping and their timing are those of :func:`run_stream`, which scores every record
+    once before and once after them. Curve points need those scores, so
+    ``settings.n_curve_points`` must be 0.
+    """
+    import pandas as pd
+
+    if settings.n_curve_points:
+        raise ValueError("run_edits_only scores nothing: set n_curve_points to 0")
+    run = _Stream(editor, model, tokenizer, records, settings, progress)
+    run.edit_all()
+    return pd.DataFrame(run.edit_log)
+
+
 class _Stream:
     """One stream's progress: its records, what has been edited and scored, and its saves."""
 
