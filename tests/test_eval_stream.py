@@ -16,6 +16,7 @@ from hiedit.evaluation.stream import (
     StreamSettings,
     curve_checkpoints,
     curve_sample_indices,
+    run_edits_only,
     run_stream,
 )
 from hiedit.models import load_model
@@ -247,3 +248,20 @@ def test_turns_of_several_records_per_call_keep_one_row_per_record(tmp_path):
     assert result.per_edit["turn"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
     # the first curve point (checkpoint 4) falls on the call boundary after it: 6 edits
     assert result.curve["n_edits"].tolist() == [6, 8]
+
+
+def test_edits_only_makes_the_streams_edits_without_scoring():
+    records, settings = _records(6), _settings(n_edits=6, n_curve_points=0, save_every=0)
+    torch.manual_seed(0)
+    model, tokenizer = load_model(TINY)
+    editor = RankOneTestEditor(model, TINY["modules"])
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    per_edit = run_edits_only(editor, model, tokenizer, records, settings, progress=False)
+    assert not calls  # nothing scored (this editor edits without a forward)
+    full, _ = _run(records, settings)
+    columns = ["index", "record_id", "turn", "selected", "n_selected"]
+    assert per_edit[columns].equals(full.per_edit[columns])
+    assert (per_edit["wall_seconds"] > 0).all() and (per_edit["rss_mib"] > 0).all()
+    with pytest.raises(ValueError, match="n_curve_points"):
+        run_edits_only(editor, model, tokenizer, records, _settings(n_edits=6), progress=False)
