@@ -172,8 +172,10 @@ def plot_probe(windows: list[dict], out: str) -> None:
         "probe_seconds": ("host probe (fixed forward)", "tab:red", 2.2),
         "edit_over_probe": ("per-edit time in probe units", "tab:blue", 2.2),
         **{
-            f"median_{phase}_seconds": (f"phase: {phase}", None, 0.9)
-            for phase in EDIT_PHASES
+            f"median_{phase}_seconds": (f"phase: {phase}", color, 0.9)
+            for phase, color in zip(
+                EDIT_PHASES, ("tab:purple", None, "tab:orange", "tab:green"), strict=True
+            )
             if phase != "route"  # well under a millisecond: its ratio is timer noise
         },
     }
