@@ -158,13 +158,11 @@ def plot_windows(per_edit, args: argparse.Namespace, variant: str) -> None:
 def plot_probe(windows: list[dict], out: str) -> None:
     """Each window's medians over the first window's (the first with a probe for the probe's
     columns): per-edit wall time, the host probe, per-edit time in probe units, and the phases."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hiedit.atomic import atomic_path
+    from hiedit.reporting.figures import _save, _setup
 
+    _setup()
     starts = [w["first_edit"] for w in windows]
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     styles = {
@@ -190,9 +188,7 @@ def plot_probe(windows: list[dict], out: str) -> None:
     ax.set_ylabel("window median / first window's")
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     ax.grid(alpha=0.3)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, out)
 
 
 def main() -> None:

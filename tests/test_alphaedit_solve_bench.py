@@ -3,38 +3,26 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_helpers import run_script
 
 
 def test_benchmark_compares_both_solves_on_small_shapes(tmp_path):
     out = tmp_path / "solve.csv"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/alphaedit_solve.py",
-            "--d-in",
-            "96",
-            "--null-fractions",
-            "0.25,0.9",
-            "--n-keys",
-            "3",
-            "--repeats",
-            "2",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_script(
+        "benchmarks/alphaedit_solve.py",
+        "--d-in",
+        "96",
+        "--null-fractions",
+        "0.25,0.9",
+        "--n-keys",
+        "3",
+        "--repeats",
+        "2",
+        "--out",
+        str(out),
     )
-    assert run.returncode == 0, run.stderr
     rows = list(csv.DictReader(out.open()))
     assert [int(r["null_dim"]) for r in rows] == [24, 86]
     for row in rows:

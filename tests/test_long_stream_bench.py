@@ -3,53 +3,41 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
-from pathlib import Path
 
 from editor_helpers import toy_records
+from script_helpers import run_script
 
 from hiedit.data import write_split
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_long_stream_benchmark_writes_windows_and_a_summary(tmp_path):
     eval_data = write_split(toy_records(8), tmp_path / "eval.parquet")
     out = tmp_path / "bench.csv"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/long_stream.py",
-            "--setup",
-            "smoke",
-            "--model",
-            "tiny-llama",
-            "--eval-data",
-            str(eval_data),
-            "--n-edits",
-            "6",
-            "--window",
-            "2",
-            "--lr",
-            "1e-3",
-            "--probe-every",
-            "3",
-            "--per-edit",
-            str(tmp_path / "per_edit.csv"),
-            "--out",
-            str(out),
-            "--plot",
-            str(tmp_path / "bench.png"),
-            "--probe-plot",
-            str(tmp_path / "probe.png"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_script(
+        "benchmarks/long_stream.py",
+        "--setup",
+        "smoke",
+        "--model",
+        "tiny-llama",
+        "--eval-data",
+        str(eval_data),
+        "--n-edits",
+        "6",
+        "--window",
+        "2",
+        "--lr",
+        "1e-3",
+        "--probe-every",
+        "3",
+        "--per-edit",
+        str(tmp_path / "per_edit.csv"),
+        "--out",
+        str(out),
+        "--plot",
+        str(tmp_path / "bench.png"),
+        "--probe-plot",
+        str(tmp_path / "probe.png"),
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     with open(out) as handle:
         rows = list(csv.DictReader(handle))
     windows = [r for r in rows if r["kind"] == "window"]
@@ -76,34 +64,26 @@ def test_long_stream_benchmark_writes_windows_and_a_summary(tmp_path):
 def test_edits_only_runs_the_edit_loop_without_scoring(tmp_path):
     eval_data = write_split(toy_records(4), tmp_path / "eval.parquet")
     out = tmp_path / "bench.csv"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/long_stream.py",
-            "--setup",
-            "smoke",
-            "--model",
-            "tiny-llama",
-            "--eval-data",
-            str(eval_data),
-            "--n-edits",
-            "4",
-            "--window",
-            "2",
-            "--probe-every",
-            "1",
-            "--edits-only",
-            "--per-edit",
-            str(tmp_path / "per_edit.csv"),
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run = run_script(
+        "benchmarks/long_stream.py",
+        "--setup",
+        "smoke",
+        "--model",
+        "tiny-llama",
+        "--eval-data",
+        str(eval_data),
+        "--n-edits",
+        "4",
+        "--window",
+        "2",
+        "--probe-every",
+        "1",
+        "--edits-only",
+        "--per-edit",
+        str(tmp_path / "per_edit.csv"),
+        "--out",
+        str(out),
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     with open(out) as handle:
         rows = list(csv.DictReader(handle))
     (summary,) = [r for r in rows if r["kind"] == "summary"]

@@ -3,41 +3,29 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
-from pathlib import Path
 
 from editor_helpers import toy_records
+from script_helpers import run_script
 
 from hiedit.data import write_split
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_times_both_target_paths_on_the_tiny_model(tmp_path):
     eval_data = write_split(toy_records(4), tmp_path / "eval.parquet")
     out = tmp_path / "memit_target.csv"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/memit_target.py",
-            "--setup",
-            "smoke",
-            "--model",
-            "tiny-llama",
-            "--eval-data",
-            str(eval_data),
-            "--n-records",
-            "2",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_script(
+        "benchmarks/memit_target.py",
+        "--setup",
+        "smoke",
+        "--model",
+        "tiny-llama",
+        "--eval-data",
+        str(eval_data),
+        "--n-records",
+        "2",
+        "--out",
+        str(out),
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
     assert [r["kind"] for r in rows] == ["record", "record", "median"]
     for row in rows:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from script_helpers import run_script
 
 from hiedit.config import job_config, load_config, resolve_setup
 from hiedit.data import QA, EditRecord, write_split
@@ -39,29 +38,21 @@ def test_single_edit_benchmark_writes_one_row_per_run(tmp_path):
     write_split(records, tmp_path / "eval.parquet")
     out = tmp_path / "single.csv"
     for lr in ("0", "1.0"):
-        run = subprocess.run(
-            [
-                sys.executable,
-                "benchmarks/single_edit.py",
-                "--run-config",
-                str(job_path),
-                "--eval-data",
-                str(tmp_path / "eval.parquet"),
-                "--lr",
-                lr,
-                "--records",
-                "3",
-                "--threads",
-                "1",
-                "--out",
-                str(out),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        run_script(
+            "benchmarks/single_edit.py",
+            "--run-config",
+            str(job_path),
+            "--eval-data",
+            str(tmp_path / "eval.parquet"),
+            "--lr",
+            lr,
+            "--records",
+            "3",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
         )
-        assert run.returncode == 0, run.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
     assert [float(r["lr"]) for r in rows] == [0.0, 1.0]
     assert all(r["records"] == "3" and r["variant"] == "hiedit-untrained" for r in rows)
