@@ -28,6 +28,7 @@ import platform
 import resource
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -48,25 +49,48 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_training(editor, records, back_depth: int, steps: int) -> list[float]:
+def time_training(editor, records, back_depth: int, steps: int) -> tuple[list[float], float]:
+    """Seconds per steady-state training step, and the matrix-product GFLOP of one such step.
+
+    The FLOP count comes from ``torch.profiler`` (``with_flops``: the products' own count of
+    multiply-adds, times two) over one extra step after the timed ones, so the profiler's
+    overhead is not in the times.
+    """
     trainer = Trainer(editor, records)
     editor.reset_weights()
     window = []
     times = []
+    gflop = float("nan")
     every = trainer.cfg.update_every
-    for step in range(back_depth - 1 + steps):
+    for step in range(back_depth - 1 + steps + 1):
         window.append(trainer.step_records(0, step))
         window = window[-back_depth:]
-        start = time.perf_counter()
-        trainer.train_step(window, step)
-        if (step + 1) % every == 0:
-            trainer.optimizer_step()
-        elapsed = time.perf_counter() - start
-        if len(window) == back_depth:  # steady state: the backtracking window is full
+        profiled = step == back_depth - 1 + steps
+        with torch.profiler.profile(with_flops=True) if profiled else nullcontext() as prof:
+            start = time.perf_counter()
+            trainer.train_step(window, step)
+            if (step + 1) % every == 0:
+                trainer.optimizer_step()
+            elapsed = time.perf_counter() - start
+        if profiled:
+            gflop = sum(event.flops for event in prof.key_averages()) / 1e9
+        elif len(window) == back_depth:  # steady state: the backtracking window is full
             times.append(elapsed)
         trainer.global_step += 1
     editor.reset_weights()
-    return times
+    return times, gflop
+
+
+def time_gemm(rows: int, d_in: int, d_out: int, repeats: int = 50) -> list[float]:
+    """GFLOP/s of a lone fp32 product (rows × d_in by d_in × d_out): this machine's product rate."""
+    x, w = torch.randn(rows, d_in), torch.randn(d_out, d_in)
+    torch.nn.functional.linear(x, w)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.nn.functional.linear(x, w)
+        rates.append(2 * rows * d_in * d_out / (time.perf_counter() - start) / 1e9)
+    return rates
 
 
 def time_edits(editor, records, warmup: int = 3) -> tuple[list[float], dict[str, list[float]]]:
@@ -130,6 +154,12 @@ def main() -> None:
         default=5,
         help="training.side_path_chunk: backtracked records per side-path forward (0: all)",
     )
+    parser.add_argument(
+        "--pack-tokens",
+        type=int,
+        default=None,
+        help="training.pack_tokens (default: the setup's); the padded step (0) is timed beside it",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="results/benchmarks/editor_speed.csv")
     args = parser.parse_args()
@@ -142,14 +172,45 @@ def main() -> None:
     job = job_config(config, resolved, args.model, dataset, "hiedit", resolved["seeds"][0])
     job["training"]["back_depth"] = args.back_depth
     job["training"]["side_path_chunk"] = args.side_path_chunk
+    if args.pack_tokens is not None:
+        job["training"]["pack_tokens"] = args.pack_tokens
+    pack_tokens = int(job["training"]["pack_tokens"])
     model, tokenizer = load_model(job["model"])
     train_records = read_split(args.train_data)
     eval_records = read_split(args.eval_data)[: args.edits + 3]
 
     rows = []
     editor = load_editor(job, model, tokenizer, None)
-    steps = time_training(editor, train_records, args.back_depth, args.train_steps)
+    padded_job = {**job, "training": {**job["training"], "pack_tokens": 0}}
+    padded = load_editor(padded_job, model, tokenizer, None)
+    # The configured step and the padded one (today's before packing), alternated twice in this
+    # process so that the ratio sees the same machine.
+    steps, padded_steps, gflop, padded_gflop = [], [], [], []
+    for _ in range(2):
+        for arm, times, flops in ((editor, steps, gflop), (padded, padded_steps, padded_gflop)):
+            arm_times, arm_gflop = time_training(
+                arm, train_records, args.back_depth, args.train_steps
+            )
+            times += arm_times
+            flops.append(arm_gflop)
     rows.append(("train_step_seconds", steps))
+    rows.append(("train_step_seconds_padded", padded_steps))
+    rows.append(
+        (
+            "train_step_packed_over_padded",
+            [statistics.median(steps) / statistics.median(padded_steps)],
+        )
+    )
+    rows.append(("train_step_gflop", gflop))
+    rows.append(("train_step_gflop_padded", padded_gflop))
+    # The floor under a step on this machine: its products at the rate of a lone product of
+    # the shape that dominates them (the scored positions through an MLP matrix).
+    hidden, inner = model.config.hidden_size, model.config.intermediate_size
+    gemm = time_gemm(256, hidden, inner)
+    rows.append(("gemm_gflop_per_second", gemm))
+    rows.append(
+        ("train_step_product_floor_seconds", [statistics.median(gflop) / statistics.median(gemm)])
+    )
     edits, phases = time_edits(editor, eval_records)
     rows.append(("eval_edit_seconds_hiedit", edits))
     rows += [(f"eval_edit_{name}_seconds_hiedit", values) for name, values in phases.items()]
@@ -166,6 +227,7 @@ def main() -> None:
         "k": editor.k,
         "back_depth": args.back_depth,
         "side_path_chunk": args.side_path_chunk,
+        "pack_tokens": pack_tokens,
         "device": cpu_name(),
         "threads": args.threads,
         "load_average_1min": round(os.getloadavg()[0], 2),

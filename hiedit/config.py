@@ -62,6 +62,7 @@ class TrainingConfig:
     edits_per_step: int
     back_depth: int
     side_path_chunk: int
+    pack_tokens: int
     time_decay: float
     loc_coef: float
     l2_coef: float

@@ -77,6 +77,7 @@ def tiny_job(variant: str = "hiedit", **sections: dict[str, Any]) -> dict[str, A
             "meta_lr": 1e-3,
             "step_size_lr": 1e-3,
             "side_path_chunk": 0,
+            "pack_tokens": 0,
             "clip_norm": 1.0,
             "update_every": 2,
             "intrinsic_reward": True,

@@ -22,6 +22,7 @@ from hiedit.data.tokenize import IGNORE_INDEX, encode_qa
 from hiedit.editor.capture import capture_gradients, row_mask
 from hiedit.editor.losses import answer_logits, scoring_batch
 from hiedit.editor.lowlevel import Factors
+from hiedit.editor.packing import Packing, supports_packing
 from hiedit.editor.prefix import PrefixCache
 from hiedit.editor.sidepath import side_path
 from hiedit.errors import ModelError
@@ -208,6 +209,43 @@ def test_answer_logits_with_and_without_the_prefix_cache_are_the_forward_logits(
         finally:
             model.config.sliding_window = saved
         assert (unwindowed - forward).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("capacity", [80, 1000])
+def test_packed_sequences_give_the_padded_logits_and_gradients(backbone, capacity):
+    """Packing (two sequences per row, or all in one) changes nothing but the rounding.
+
+    The rows are scored under per-row masks (half at the base weights, half edited), spread
+    over the packed positions as the training step does; on the Gemma-2 here every prompt is
+    longer than its sliding window, so the window must be applied within each sequence.
+    """
+    family, model, tok = backbone
+    assert supports_packing(model)
+    batch = toy_batch(tok)
+    packing = Packing.of(batch, capacity)
+    assert packing.input_ids.shape[0] < batch.input_ids.shape[0]  # sequences really share rows
+    modules = candidate_modules(model, MODULES)
+    factors = random_factors(modules)
+    per_row = torch.tensor([0.0, 1.0] * (batch.input_ids.shape[0] // 2))
+    per_position = packing.per_position(per_row)
+    prefix = PrefixCache(model, modules)
+
+    def logits_and_grads(packed: bool, cached: bool):
+        leaves = [f.leaf_copy() for f in factors]
+        mask = per_position if packed else per_row
+        with side_path(modules, leaves, [mask] * len(modules)):
+            logits = answer_logits(
+                model, batch, prefix if cached else None, packing if packed else None
+            )
+        torch.log_softmax(logits, -1)[:, :50].sum().backward()
+        return logits.detach(), [t.grad for f in leaves for t in (f.a, f.b, f.scale)]
+
+    want_logits, want_grads = logits_and_grads(packed=False, cached=False)
+    for cached in (False, True):
+        logits, grads = logits_and_grads(packed=True, cached=cached)
+        torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-5)
+        for grad, want in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-6)
 
 
 def test_gemma2_runs_eager_attention_with_its_soft_capping():

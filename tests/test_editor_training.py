@@ -165,24 +165,46 @@ def test_reused_kl_targets_equal_a_fresh_forward_at_the_committed_weights():
     assert max((a - b).abs().max().item() for a, b in zip(base, fresh, strict=True)) > 1e-3
 
 
-def _accumulated_gradients(side_path_chunk):
-    editor = _editor(back_depth=3, trajectory_length=4, side_path_chunk=side_path_chunk)
+def _accumulated_gradients(side_path_chunk, pack_tokens=0):
+    editor = _editor(
+        back_depth=3,
+        trajectory_length=4,
+        side_path_chunk=side_path_chunk,
+        pack_tokens=pack_tokens,
+    )
     trainer = Trainer(editor, toy_records(8))
     editor.reset_weights()
     window, losses = [], []
-    for step in range(4):
-        window.append(trainer.step_records(0, step))
-        window = window[-3:]
-        losses.append(trainer.train_step(window, step)["loss"])
+    widths: list[int] = []  # positions per row entering the top layer (packed rows are wider)
+    top = editor.model.get_decoder().layers[-1]
+    handle = top.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    try:
+        for step in range(4):
+            window.append(trainer.step_records(0, step))
+            window = window[-3:]
+            losses.append(trainer.train_step(window, step)["loss"])
+    finally:
+        handle.remove()
     params = list(editor.nets.parameters()) + list(editor.router.parameters())
-    return losses, [p.grad.clone() for p in params]
+    return losses, [p.grad.clone() for p in params], max(widths)
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
 def test_chunked_side_path_gives_the_single_pass_loss_and_gradients(chunk):
-    single_losses, single_grads = _accumulated_gradients(0)
-    chunk_losses, chunk_grads = _accumulated_gradients(chunk)
+    single_losses, single_grads, _ = _accumulated_gradients(0)
+    chunk_losses, chunk_grads, _ = _accumulated_gradients(chunk)
     torch.testing.assert_close(chunk_losses, single_losses, rtol=1e-5, atol=1e-6)
     assert sum(g.abs().sum() for g in single_grads) > 0
     for got, want in zip(chunk_grads, single_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("chunk", "pack_tokens"), [(0, 80), (0, 1000), (2, 80)])
+def test_packed_training_steps_give_the_padded_loss_and_gradients(chunk, pack_tokens):
+    """Packing the scored sequences (side path, KL targets and L_low(1)) changes only rounding."""
+    padded_losses, padded_grads, padded_width = _accumulated_gradients(0)
+    packed_losses, packed_grads, packed_width = _accumulated_gradients(chunk, pack_tokens)
+    assert packed_width > padded_width  # the scored sequences did share rows
+    torch.testing.assert_close(packed_losses, padded_losses, rtol=1e-5, atol=1e-6)
+    for got, want in zip(packed_grads, padded_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -20,7 +20,8 @@ from torch import nn
 from hiedit.data.records import EditRecord
 from hiedit.data.tokenize import IGNORE_INDEX, Batch, encode_qa
 from hiedit.editor.lowlevel import Factors
-from hiedit.editor.prefix import PrefixCache
+from hiedit.editor.packing import Packing, supports_packing
+from hiedit.editor.prefix import PrefixCache, decoder_output
 from hiedit.editor.sidepath import side_path
 from hiedit.models.head import output_logits
 
@@ -92,21 +93,39 @@ def scoring_batch(
 
 
 def answer_logits(
-    model: nn.Module, batch: Batch, prefix: PrefixCache | None = None
+    model: nn.Module,
+    batch: Batch,
+    prefix: PrefixCache | None = None,
+    packing: Packing | None = None,
 ) -> torch.Tensor:
     """Logits (P × V) at the answer positions of ``batch`` (row-major order), in fp32.
 
     They are the model's own logits at those positions (:func:`~hiedit.models.head.output_logits`:
     the head and, for Gemma-2, its soft-capping). With ``prefix``, the unedited lower layers come
-    from its cache.
+    from its cache; with ``packing`` (:class:`~hiedit.editor.packing.Packing` of ``batch``) the
+    decoder runs on the packed rows, without the padding.
     """
     if prefix is not None:
-        hidden = prefix.last_hidden_state(batch)
+        hidden = prefix.last_hidden_state(batch, packing)
     else:
-        hidden = model.get_decoder()(**batch.model_inputs(), use_cache=False).last_hidden_state
-    positions = batch.labels != IGNORE_INDEX
-    logits = output_logits(model, hidden[positions])
+        hidden = decoder_output(model.get_decoder(), batch, packing)
+    if packing is None:
+        answers = hidden[batch.labels != IGNORE_INDEX]
+    else:
+        answers = packing.answers(hidden, batch)
+    logits = output_logits(model, answers)
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def packing_for(model: nn.Module, batch: Batch, pack_tokens: int) -> Packing | None:
+    """The packing of ``batch`` into rows of ``pack_tokens`` positions (None: run it padded).
+
+    ``pack_tokens`` 0 turns packing off; so does a decoder that cannot attend within packed
+    sequences (:func:`~hiedit.editor.packing.supports_packing`).
+    """
+    if pack_tokens <= 0 or not supports_packing(model):
+        return None
+    return Packing.of(batch, pack_tokens)
 
 
 def _per_row_mean(values: torch.Tensor, row_of_position: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -197,11 +216,13 @@ def reference_forward(
     with_full: bool,
     base_records: Sequence[int] | None = None,
     prefix: PrefixCache | None = None,
+    pack_tokens: int = 0,
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """No-grad forward of the KL targets and, if ``with_full``, the scoring rows under mask 1.
 
     ``base_records`` (default all) are the records whose KL targets are computed here (the
     caller may hold the others from the previous step, see :class:`~hiedit.editor.trainer.Trainer`).
+    ``pack_tokens`` > 0 runs the forward on packed sequences (:func:`packing_for`).
     Returns their base log-probabilities at the unrel answer positions (one tensor per record, in
     ``base_records`` order) and the logits of the scoring rows under the full update (or ``None``).
     """
@@ -227,9 +248,11 @@ def reference_forward(
         torch.cat([p.labels for p in parts]),
     )
     per_row = torch.cat(row_mask)
+    packing = packing_for(model, combined, pack_tokens)
+    mask = per_row if packing is None else packing.per_position(per_row)
     detached = [f.detached() for f in factors]
-    with torch.no_grad(), side_path(modules, detached, [per_row] * len(modules)):
-        logits = answer_logits(model, combined, prefix)
+    with torch.no_grad(), side_path(modules, detached, [mask] * len(modules)):
+        logits = answer_logits(model, combined, prefix, packing)
     base: list[torch.Tensor] = []
     n_base = 0
     if wanted:

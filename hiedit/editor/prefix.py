@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from hiedit.data.tokenize import Batch
+from hiedit.editor.packing import Packing
 
 # Decoders whose forward is exact when split at a layer (see the module docstring).
 SUPPORTED_MODEL_TYPES = ("llama", "gemma2")
@@ -118,14 +119,34 @@ class PrefixCache:
             out[row, : len(key)] = self._cache[key]
         return out
 
-    def last_hidden_state(self, batch: Batch) -> torch.Tensor:
-        """The decoder's output for ``batch``, running only layers ``first`` and above."""
+    def last_hidden_state(self, batch: Batch, packing: Packing | None = None) -> torch.Tensor:
+        """The decoder's output for ``batch``, running only layers ``first`` and above.
+
+        With ``packing`` the upper layers run on the packed rows and the output is packed too
+        (P × C × H, see :class:`~hiedit.editor.packing.Packing`).
+        """
         if not self.supported:
-            return self.decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
+            return decoder_output(self.decoder, batch, packing)
         hidden = self.hidden(batch)
         upper = nn.ModuleList(list(self.decoder.layers)[self.first :])
         with _swap(self.decoder, upper, None, self.first):
-            out = self.decoder(
-                inputs_embeds=hidden, attention_mask=batch.attention_mask, use_cache=False
-            )
+            if packing is None:
+                out = self.decoder(
+                    inputs_embeds=hidden, attention_mask=batch.attention_mask, use_cache=False
+                )
+            else:
+                out = self.decoder(
+                    inputs_embeds=packing.scatter(hidden),
+                    position_ids=packing.position_ids,
+                    use_cache=False,
+                )
         return out.last_hidden_state
+
+
+def decoder_output(decoder: nn.Module, batch: Batch, packing: Packing | None = None) -> torch.Tensor:
+    """The whole decoder's last hidden states for ``batch`` (packed rows with ``packing``)."""
+    if packing is None:
+        return decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
+    return decoder(
+        input_ids=packing.input_ids, position_ids=packing.position_ids, use_cache=False
+    ).last_hidden_state

@@ -3,9 +3,10 @@
 Inside :func:`side_path`, each module ``l`` with factors computes
 ``y = x Wᵀ + m_l · scale_l · (x Aᵀ) B`` instead of ``x (W + m_l Δ_l)ᵀ``. Autograd then gives
 exact gradients to the factors (the hypernetwork outputs) and to the mask ``m_l`` (the router's
-straight-through path), with no apply/revert of the weights. ``m_l`` may be a scalar or one value
-per batch row, so a single forward can score the same rows under different masks (e.g. the base
-model, ω and the full mask 1).
+straight-through path), with no apply/revert of the weights. ``m_l`` may be a scalar, one value
+per batch row or one value per position (packed sequences, :mod:`hiedit.editor.packing`), so a
+single forward can score the same rows under different masks (e.g. the base model, ω and the
+full mask 1).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def side_path(
     """Route ``modules[l]`` through the side path of ``factors[l]`` weighted by ``masks[l]``.
 
     A module with ``None`` factors or mask is left alone. A mask tensor of shape (batch,) weights
-    each batch row separately.
+    each batch row separately, one of shape (batch, positions) each position.
     """
     handles = []
 
@@ -36,8 +37,8 @@ def side_path(
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             x = args[0]
             weight = f.scale * m
-            if isinstance(weight, torch.Tensor) and weight.ndim == 1:
-                weight = weight.view(-1, *([1] * (x.ndim - 1)))
+            if isinstance(weight, torch.Tensor) and weight.ndim > 0:
+                weight = weight.view(*weight.shape, *([1] * (x.ndim - weight.ndim)))
             extra = (x.to(f.a.dtype) @ f.a.t()) @ f.b
             return output + (weight * extra).to(output.dtype)
 

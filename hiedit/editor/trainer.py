@@ -33,6 +33,7 @@ from hiedit.editor.losses import (
     answer_logits,
     l2_penalty,
     low_level_loss,
+    packing_for,
     prediction_loss,
     reference_forward,
     scoring_batch,
@@ -69,7 +70,7 @@ LOG_COLUMNS = (
     "seconds",
 )
 # Training keys that do not change the result (only how it is computed or saved).
-NOT_IN_IDENTITY = ("side_path_chunk", "checkpoint_every")
+NOT_IN_IDENTITY = ("side_path_chunk", "pack_tokens", "checkpoint_every")
 
 
 @dataclass
@@ -215,6 +216,7 @@ class Trainer:
             with_full=with_full,
             base_records=missing,
             prefix=self.prefix,
+            pack_tokens=self.cfg.pack_tokens,
         )
         targets = dict(self.kl_targets)
         targets.update({ids[i]: logp for i, logp in zip(missing, fresh, strict=True)})
@@ -240,8 +242,9 @@ class Trainer:
         unrel: list[torch.Tensor] = []
         for chunk in scoring.chunks(cfg.side_path_chunk):
             chunk_base = torch.cat([targets[rid] for rid in chunk.record_ids])
+            packing = packing_for(editor.model, chunk.batch, cfg.pack_tokens)
             with side_path(editor.modules, leaves, list(mask_leaf)):
-                logits = answer_logits(editor.model, chunk.batch, self.prefix)
+                logits = answer_logits(editor.model, chunk.batch, self.prefix, packing)
             chunk_ce, chunk_kl = prediction_loss(logits, chunk_base, chunk)
             weighted_loss(chunk_ce, chunk_kl, 0.0, cfg).backward()
             ce, kl = ce + chunk_ce.detach(), kl + chunk_kl.detach()
