@@ -143,7 +143,9 @@ class PrefixCache:
         return out.last_hidden_state
 
 
-def decoder_output(decoder: nn.Module, batch: Batch, packing: Packing | None = None) -> torch.Tensor:
+def decoder_output(
+    decoder: nn.Module, batch: Batch, packing: Packing | None = None
+) -> torch.Tensor:
     """The whole decoder's last hidden states for ``batch`` (packed rows with ``packing``)."""
     if packing is None:
         return decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
