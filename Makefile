@@ -29,7 +29,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check hiedit kernels tests benchmarks study
-	$(BIN)/ruff format --check hiedit kernels tests benchmarks study
+	$(BIN)/ruff check hiedit lowrank_kernels tests benchmarks study
+	$(BIN)/ruff format --check hiedit lowrank_kernels tests benchmarks study
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules

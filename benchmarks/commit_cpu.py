@@ -2,7 +2,7 @@
 
 Per edit, L modules are candidates and K of them are selected. The dense path is what the
 public research code does: materialise the fp32 Δ_l = s·B_lᵀA_l for every module, mask it,
-cast it to the weight dtype and add it. The fused path is ``kernels.lowrank_update_`` (on CPU:
+cast it to the weight dtype and add it. The fused path is ``lowrank_kernels.lowrank_update_`` (on CPU:
 the PyTorch reference, an in-place fp32-accumulating update in row blocks) on the K selected
 modules only. Both run in one process on the same weights, warmed up and interleaved, and an
 in-run tensor copy of the fused path's bytes gives the achievable-bandwidth denominator.
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import kernels  # noqa: E402
+import lowrank_kernels  # noqa: E402
 
 # Llama-3-8B gate_proj / up_proj: d_out x d_in.
 FULL_SHAPE = (14336, 4096)
@@ -114,7 +114,7 @@ def run_dtype(name: str, args: argparse.Namespace, shape: tuple[int, int]) -> li
     # K modules spread over the group, as a router would pick them.
     chosen = set(round(i * args.L / args.K) for i in range(args.K))
     mask = [i in chosen for i in range(args.L)]
-    master = kernels.PrecisionState("master")
+    master = lowrank_kernels.PrecisionState("master")
 
     elem = weights[0].element_size()
     numel = d_out * d_in
@@ -128,11 +128,11 @@ def run_dtype(name: str, args: argparse.Namespace, shape: tuple[int, int]) -> li
 
     paths: dict[str, Callable[[], None]] = {
         "dense": lambda: dense_commit(weights, a, b, scales, mask),
-        "fused": lambda: kernels.lowrank_update_(weights, a, b, scales, mask),
+        "fused": lambda: lowrank_kernels.lowrank_update_(weights, a, b, scales, mask),
         "copy": copy_same_bytes,
     }
     if dtype != torch.float32:
-        paths["fused_master"] = lambda: kernels.lowrank_update_(
+        paths["fused_master"] = lambda: lowrank_kernels.lowrank_update_(
             weights, a, b, scales, mask, state=master
         )
     times = time_paths(paths, args.repeats)

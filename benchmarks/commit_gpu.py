@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import kernels  # noqa: E402
+import lowrank_kernels  # noqa: E402
 
 SHAPE = (14336, 4096)
 L = 12
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     import triton
     import triton.testing
 
-    from kernels.lowrank_update import CONFIGS, lowrank_update_triton_, pick_config
+    from lowrank_kernels.lowrank_update import CONFIGS, lowrank_update_triton_, pick_config
 
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(dev)
@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     fa = [torch.randn(8, d_in, device=dev)]
     fb = [torch.randn(8, 256, device=dev)]
     want = [check[0].clone()]
-    kernels.lowrank_update_reference_(want, fa, fb, [0.01])
-    kernels.lowrank_update_(check, fa, fb, [0.01])
+    lowrank_kernels.lowrank_update_reference_(want, fa, fb, [0.01])
+    lowrank_kernels.lowrank_update_(check, fa, fb, [0.01])
     torch.testing.assert_close(check[0].float(), want[0].float(), atol=0.02, rtol=0.02)
 
     if args.out is not None:

@@ -11,7 +11,7 @@ HEADING = re.compile(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", re.M)
 
 
 def _sources():
-    for folder in ("hiedit", "kernels", "benchmarks", "workflow", "tests"):
+    for folder in ("hiedit", "lowrank_kernels", "benchmarks", "workflow", "tests"):
         for path in (ROOT / folder).rglob("*"):
             if path.suffix in {".py", ".smk", ".yaml", ".rst"} and "__pycache__" not in path.parts:
                 yield path

@@ -48,8 +48,8 @@ ENV_FILE = ROOT / "envs" / "hiedit.yaml"
 # Snakemake runs the rules and is not imported by them (test_rules_do_not_import_snakemake).
 NOT_IN_RULE_ENV = {"snakemake"}
 # What the rules run: the package, the kernels and the benchmark scripts.
-RULE_SOURCES = ("hiedit", "kernels", "benchmarks")
-FIRST_PARTY = {"hiedit", "kernels"}
+RULE_SOURCES = ("hiedit", "lowrank_kernels", "benchmarks")
+FIRST_PARTY = {"hiedit", "lowrank_kernels"}
 # A conda package spec by name (optionally name=version): no channel, path or URL.
 CONDA_SPEC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(=[0-9][0-9A-Za-z_.*]*)?")
 CHANNEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -417,3 +417,22 @@ def test_rules_run_in_a_fresh_environment_of_the_pip_part(tmp_path):
     if sys.platform != "linux":
         expected.pop("triton", None)
     assert {n: versions[n].split("+")[0] for n in expected} == expected
+
+
+def test_no_repository_folder_shadows_an_installed_distribution():
+    """A package folder at the repository root is first on ``sys.path`` whenever a rule runs
+    ``python -m hiedit`` from the checkout: one named like another distribution's import package
+    (Hugging Face's ``kernels``, which transformers >= 5.25 imports) would hide it."""
+    owners = metadata.packages_distributions()
+    for folder in sorted(p for p in ROOT.iterdir() if (p / "__init__.py").is_file()):
+        others = {canonicalize_name(d) for d in owners.get(folder.name, [])} - {"hiedit"}
+        assert not others, f"{folder.name}/ shadows the installed distribution(s) {sorted(others)}"
+
+
+def test_transformers_models_import_from_the_checkout():
+    """What every rule does first, run from the repository root as the rules run it."""
+    code = "import lowrank_kernels, hiedit; from transformers import LlamaForCausalLM; print('ok')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from kernel_helpers import random_group
 
-import kernels
-from kernels.reference import lowrank_update_reference_
+import lowrank_kernels
+from lowrank_kernels.reference import lowrank_update_reference_
 
 LOW = (torch.bfloat16, torch.float16)
 
@@ -25,7 +25,7 @@ def test_matches_fp64_oracle_and_skips_unselected():
     weights, a, b = random_group(shapes, [3, 1, 7], dtypes)
     before = [w.clone() for w in weights]
     scales = [0.5, -2.0, 0.25]
-    kernels.lowrank_update_(weights, a, b, scales, [True, False, True])
+    lowrank_kernels.lowrank_update_(weights, a, b, scales, [True, False, True])
     assert torch.equal(weights[1], before[1])
     want = _oracle(before[0], a[0], b[0], scales[0])
     assert (weights[0].double() - want).abs().max() <= 1e-5 * want.abs().max()
@@ -37,7 +37,7 @@ def test_matches_fp64_oracle_and_skips_unselected():
 def test_single_rounding_matches_fp32_then_cast():
     weights, a, b = random_group([(64, 48)], [9], [torch.bfloat16])
     want = (weights[0].float() + 0.3 * (b[0].t() @ a[0])).to(torch.bfloat16)
-    kernels.lowrank_update_(weights, a, b, [0.3])
+    lowrank_kernels.lowrank_update_(weights, a, b, [0.3])
     assert torch.equal(weights[0], want)
 
 
@@ -45,7 +45,7 @@ def test_single_rounding_matches_fp32_then_cast():
 def test_mask_forms(mask):
     weights, a, b = random_group([(8, 6), (4, 5)], [2, 2], [torch.float32, torch.float32])
     before = [w.clone() for w in weights]
-    kernels.lowrank_update_(weights, a, b, torch.tensor([1.0, 1.0]), mask)
+    lowrank_kernels.lowrank_update_(weights, a, b, torch.tensor([1.0, 1.0]), mask)
     chosen = [True, True] if mask is None else [bool(m) for m in mask]
     for w, w0, on in zip(weights, before, chosen, strict=True):
         assert torch.equal(w, w0) != on
@@ -54,21 +54,21 @@ def test_mask_forms(mask):
 def test_unselected_factors_may_be_none_and_rank_zero_is_noop():
     weights, a, b = random_group([(8, 6), (4, 5)], [2, 2], [torch.float32, torch.float32])
     before = [w.clone() for w in weights]
-    kernels.lowrank_update_(weights, [a[0], None], [b[0], None], [1.0, 1.0], [True, False])
+    lowrank_kernels.lowrank_update_(weights, [a[0], None], [b[0], None], [1.0, 1.0], [True, False])
     assert not torch.equal(weights[0], before[0]) and torch.equal(weights[1], before[1])
     empty_a, empty_b = torch.zeros(0, 5), torch.zeros(0, 4)
-    kernels.lowrank_update_([weights[1]], [empty_a], [empty_b], [1.0])
+    lowrank_kernels.lowrank_update_([weights[1]], [empty_a], [empty_b], [1.0])
     assert torch.equal(weights[1], before[1])
 
 
 def test_non_contiguous_factors_are_handled():
     weights, a, b = random_group([(12, 10)], [4], [torch.float32])
     expect = weights[0].clone()
-    kernels.lowrank_update_([expect], a, b, [0.7])
+    lowrank_kernels.lowrank_update_([expect], a, b, [0.7])
     a_t = a[0].t().contiguous().t()  # same values, transposed strides
     b_t = b[0].t().contiguous().t()
     assert not a_t.is_contiguous() and not b_t.is_contiguous()
-    kernels.lowrank_update_(weights, [a_t], [b_t], [0.7])
+    lowrank_kernels.lowrank_update_(weights, [a_t], [b_t], [0.7])
     assert torch.equal(weights[0], expect)
 
 
@@ -89,7 +89,7 @@ def test_bad_inputs_are_refused_before_any_write(change, message):
     ws, fa, fb = change(weights, a, b)
     before = [w.clone() for w in ws]
     with pytest.raises((ValueError, TypeError), match=message):
-        kernels.lowrank_update_(ws, fa, fb, [1.0] * len(ws))
+        lowrank_kernels.lowrank_update_(ws, fa, fb, [1.0] * len(ws))
     for w, w0 in zip(ws, before, strict=True):
         assert torch.equal(w, w0)
 
@@ -97,22 +97,22 @@ def test_bad_inputs_are_refused_before_any_write(change, message):
 def test_bad_lengths_and_backend():
     weights, a, b = random_group([(6, 5)], [2], [torch.float32])
     with pytest.raises(ValueError, match="scales has 2 entries"):
-        kernels.lowrank_update_(weights, a, b, [1.0, 2.0])
+        lowrank_kernels.lowrank_update_(weights, a, b, [1.0, 2.0])
     with pytest.raises(ValueError, match="mask must have shape"):
-        kernels.lowrank_update_(weights, a, b, [1.0], torch.tensor([True, False]))
+        lowrank_kernels.lowrank_update_(weights, a, b, [1.0], torch.tensor([True, False]))
     with pytest.raises(ValueError, match="unknown backend"):
-        kernels.lowrank_update_(weights, a, b, [1.0], backend="cuda")
+        lowrank_kernels.lowrank_update_(weights, a, b, [1.0], backend="cuda")
     with pytest.raises(ValueError, match="unknown precision mode"):
-        kernels.PrecisionState("stochastic")
+        lowrank_kernels.PrecisionState("stochastic")
 
 
 def test_dispatch_and_env_override(monkeypatch):
     monkeypatch.delenv("KERNELS_BACKEND", raising=False)
-    assert kernels.resolve_backend(torch.device("cpu")) == "torch"
-    assert kernels.resolve_backend(torch.device("cpu"), "triton") == "triton"
+    assert lowrank_kernels.resolve_backend(torch.device("cpu")) == "torch"
+    assert lowrank_kernels.resolve_backend(torch.device("cpu"), "triton") == "triton"
     monkeypatch.setenv("KERNELS_BACKEND", "triton")
-    assert kernels.resolve_backend(torch.device("cpu")) == "triton"
-    assert kernels.resolve_backend(torch.device("cpu"), "torch") == "torch"
+    assert lowrank_kernels.resolve_backend(torch.device("cpu")) == "triton"
+    assert lowrank_kernels.resolve_backend(torch.device("cpu"), "torch") == "torch"
 
 
 def test_forced_triton_on_cpu_without_interpreter_says_why(monkeypatch):
@@ -120,16 +120,16 @@ def test_forced_triton_on_cpu_without_interpreter_says_why(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     weights, a, b = random_group([(6, 5)], [2], [torch.float32])
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
-        kernels.lowrank_update_(weights, a, b, [1.0], backend="triton")
+        lowrank_kernels.lowrank_update_(weights, a, b, [1.0], backend="triton")
 
 
 def test_fp32_weights_use_nearest_in_every_mode():
     for mode in ("auto", "compensated", "master"):
-        state = kernels.PrecisionState(mode)
+        state = lowrank_kernels.PrecisionState(mode)
         weights, a, b = random_group([(8, 8)], [2], [torch.float32])
         expect = weights[0].clone()
-        kernels.lowrank_update_([expect], a, b, [0.1])
-        kernels.lowrank_update_(weights, a, b, [0.1], state=state)
+        lowrank_kernels.lowrank_update_([expect], a, b, [0.1])
+        lowrank_kernels.lowrank_update_(weights, a, b, [0.1], state=state)
         assert torch.equal(weights[0], expect)
         assert state.mode_for(weights[0]) == "nearest"
         assert state.state_dict()["buffers"] == {}
@@ -143,9 +143,9 @@ def _stream(mode, steps, shape=(16, 32), backend=None):
     a = (0.05 + 0.4 * torch.rand(1, shape[1], generator=g)) * 2.0**-7
     b = torch.ones(1, shape[0])
     exact = w.double().sum() + steps * (b.double().t() @ a.double()).sum()
-    state = None if mode is None else kernels.PrecisionState(mode)
+    state = None if mode is None else lowrank_kernels.PrecisionState(mode)
     for _ in range(steps):
-        kernels.lowrank_update_([w], [a], [b], [1.0], state=state, backend=backend)
+        lowrank_kernels.lowrank_update_([w], [a], [b], [1.0], state=state, backend=backend)
     added = steps * (b.double().t() @ a.double()).sum()
     return float((exact - w.double().sum()).abs() / added)
 
@@ -165,9 +165,9 @@ def test_bf16_compensation_buffer_in_weight_dtype_is_close():
     a = (0.05 + 0.4 * torch.rand(1, 16, generator=g)) * 2.0**-7
     b = torch.ones(1, 8)
     exact = w.double().sum() + 2000 * (b.t() @ a).double().sum()
-    state = kernels.PrecisionState("compensated", compensation_dtype=None)
+    state = lowrank_kernels.PrecisionState("compensated", compensation_dtype=None)
     for _ in range(2000):
-        kernels.lowrank_update_([w], [a], [b], [1.0], state=state)
+        lowrank_kernels.lowrank_update_([w], [a], [b], [1.0], state=state)
     assert state.state_dict()["buffers"]["0"]["buffer"].dtype == torch.bfloat16
     assert abs(float(w.double().sum() - exact)) / float(2000 * (b.t() @ a).double().sum()) < 0.03
 
@@ -175,11 +175,11 @@ def test_bf16_compensation_buffer_in_weight_dtype_is_close():
 def test_external_write_reseeds_buffers():
     w = torch.ones(4, 4, dtype=torch.bfloat16)
     a, b = torch.full((1, 4), 1e-3), torch.ones(1, 4)
-    state = kernels.PrecisionState("master")
+    state = lowrank_kernels.PrecisionState("master")
     for _ in range(50):
-        kernels.lowrank_update_([w], [a], [b], [1.0], state=state)
+        lowrank_kernels.lowrank_update_([w], [a], [b], [1.0], state=state)
     w.copy_(torch.full_like(w, 3.0))  # e.g. reset to the base model
-    kernels.lowrank_update_([w], [a], [b], [1.0], state=state)
+    lowrank_kernels.lowrank_update_([w], [a], [b], [1.0], state=state)
     assert torch.allclose(w.float(), torch.full((4, 4), 3.0), atol=0.02)
 
 
@@ -190,17 +190,17 @@ def test_state_dict_round_trip_continues_exactly():
     b = torch.rand(2, 6, generator=g)
     for mode in ("master", "compensated"):
         w1 = w.clone()
-        state = kernels.PrecisionState(mode)
+        state = lowrank_kernels.PrecisionState(mode)
         for _ in range(20):
-            kernels.lowrank_update_([w1], [a], [b], [1.0], state=state)
+            lowrank_kernels.lowrank_update_([w1], [a], [b], [1.0], state=state)
         saved = state.state_dict({"layer": w1})
         w2 = w1.clone()
-        restored = kernels.PrecisionState()
+        restored = lowrank_kernels.PrecisionState()
         restored.load_state_dict(saved, {"layer": w2})
         assert restored.mode == mode
         for _ in range(20):
-            kernels.lowrank_update_([w1], [a], [b], [1.0], state=state)
-            kernels.lowrank_update_([w2], [a], [b], [1.0], state=restored)
+            lowrank_kernels.lowrank_update_([w1], [a], [b], [1.0], state=state)
+            lowrank_kernels.lowrank_update_([w2], [a], [b], [1.0], state=restored)
         assert torch.equal(w1, w2)
         by_index = state.state_dict()
         assert list(by_index["buffers"]) == ["0"]
@@ -209,9 +209,11 @@ def test_state_dict_round_trip_continues_exactly():
 
 
 def test_buffers_follow_weight_lifetime():
-    state = kernels.PrecisionState()
+    state = lowrank_kernels.PrecisionState()
     w = torch.ones(4, 4, dtype=torch.bfloat16)
-    kernels.lowrank_update_([w], [torch.ones(1, 4)], [torch.ones(1, 4)], [1e-3], state=state)
+    lowrank_kernels.lowrank_update_(
+        [w], [torch.ones(1, 4)], [torch.ones(1, 4)], [1e-3], state=state
+    )
     assert len(state.state_dict()["buffers"]) == 1
     del w
     assert state.state_dict()["buffers"] == {}
@@ -221,13 +223,15 @@ def test_reference_is_deterministic():
     weights, a, b = random_group([(70, 50), (33, 17)], [5, 40], [torch.bfloat16, torch.float32])
     copies = [[w.clone() for w in weights] for _ in range(2)]
     for ws in copies:
-        lowrank_update_reference_(ws, a, b, [0.3, -0.7], state=kernels.PrecisionState("master"))
+        lowrank_update_reference_(
+            ws, a, b, [0.3, -0.7], state=lowrank_kernels.PrecisionState("master")
+        )
     for x, y in zip(*copies, strict=True):
         assert torch.equal(x, y)
 
 
 def test_importing_kernels_does_not_import_hiedit():
-    code = "import sys, kernels; assert 'hiedit' not in sys.modules; print('ok')"
+    code = "import sys, lowrank_kernels; assert 'hiedit' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
 
@@ -236,8 +240,8 @@ def test_fresh_views_share_one_buffer():
     # Callers may pass `module.weight.data` (a new tensor object every time).
     param = torch.nn.Parameter(torch.ones(4, 8, dtype=torch.bfloat16), requires_grad=False)
     a, b = torch.full((1, 8), 2.0**-10), torch.ones(1, 4)
-    state = kernels.PrecisionState("master")
+    state = lowrank_kernels.PrecisionState("master")
     for _ in range(64):
-        kernels.lowrank_update_([param.data], [a], [b], [1.0], state=state)
+        lowrank_kernels.lowrank_update_([param.data], [a], [b], [1.0], state=state)
     assert len(state.state_dict()["buffers"]) == 1
     assert torch.allclose(param.float(), torch.full((4, 8), 1 + 64 * 2.0**-10), atol=2.0**-7)

@@ -19,7 +19,7 @@ from kernel_helpers import random_group
 
 pytest.importorskip("triton")
 
-import kernels  # noqa: E402
+import lowrank_kernels  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +39,11 @@ def _check_against_reference(weights, a, b, scales, mask=None, mode="master", ba
     ]
     ref = [w.clone() for w in weights]
     out = [w.clone() for w in weights]
-    kernels.lowrank_update_reference_(ref, a, b, scales, mask, state=kernels.PrecisionState(mode))
-    kernels.lowrank_update_(
-        out, a, b, scales, mask, state=kernels.PrecisionState(mode), backend=backend
+    lowrank_kernels.lowrank_update_reference_(
+        ref, a, b, scales, mask, state=lowrank_kernels.PrecisionState(mode)
+    )
+    lowrank_kernels.lowrank_update_(
+        out, a, b, scales, mask, state=lowrank_kernels.PrecisionState(mode), backend=backend
     )
     for i, (w0, r, o, want, on) in enumerate(zip(weights, ref, out, oracle, chosen, strict=True)):
         if not on:
@@ -102,7 +104,7 @@ def test_non_contiguous_factors_and_refused_weight():
     a_t, b_t = a[0].t().contiguous().t(), b[0].t().contiguous().t()
     _check_against_reference(weights, [a_t], [b_t], [0.5])
     with pytest.raises(ValueError, match=r"weights\[0\] is not contiguous"):
-        kernels.lowrank_update_([weights[0].t()], [b[0]], [a[0]], [1.0], backend="triton")
+        lowrank_kernels.lowrank_update_([weights[0].t()], [b[0]], [a[0]], [1.0], backend="triton")
 
 
 @needs_interpreter
@@ -117,9 +119,9 @@ def test_kernel_is_deterministic():
     runs = []
     for _ in range(2):
         ws = [w.clone() for w in weights]
-        state = kernels.PrecisionState("compensated")
+        state = lowrank_kernels.PrecisionState("compensated")
         for _ in range(3):
-            kernels.lowrank_update_(ws, a, b, [0.3, -1.0], state=state, backend="triton")
+            lowrank_kernels.lowrank_update_(ws, a, b, [0.3, -1.0], state=state, backend="triton")
         runs.append(ws)
     for x, y in zip(*runs, strict=True):
         assert torch.equal(x, y)
@@ -131,11 +133,14 @@ def test_kernel_and_reference_states_are_interchangeable():
     weights, a, b = random_group([(50, 40)], [2], [torch.bfloat16])
     a = [a[0] * 1e-3]
     w1, w2 = weights[0].clone(), weights[0].clone()
-    s1, s2 = kernels.PrecisionState("compensated"), kernels.PrecisionState("compensated")
+    s1, s2 = (
+        lowrank_kernels.PrecisionState("compensated"),
+        lowrank_kernels.PrecisionState("compensated"),
+    )
     for step in range(6):
         first, second = ("triton", "torch") if step % 2 else ("torch", "triton")
-        kernels.lowrank_update_([w1], a, b, [1.0], state=s1, backend=first)
-        kernels.lowrank_update_([w2], a, b, [1.0], state=s2, backend=second)
+        lowrank_kernels.lowrank_update_([w1], a, b, [1.0], state=s1, backend=first)
+        lowrank_kernels.lowrank_update_([w2], a, b, [1.0], state=s2, backend=second)
     assert (w1.float() - w2.float()).abs().max() <= 2.0**-7 * w1.float().abs().max()
 
 
@@ -150,9 +155,9 @@ def test_short_bf16_stream_through_the_kernel():
     lost = {}
     for mode in ("nearest", "compensated", "master"):
         w = w0.clone()
-        state = kernels.PrecisionState(mode)
+        state = lowrank_kernels.PrecisionState(mode)
         for _ in range(steps):
-            kernels.lowrank_update_([w], [a], [b], [1.0], state=state, backend="triton")
+            lowrank_kernels.lowrank_update_([w], [a], [b], [1.0], state=state, backend="triton")
         lost[mode] = abs(float(w.double().sum() - w0.double().sum()) - added) / added
     assert lost["nearest"] > 0.5, lost
     assert lost["compensated"] < 0.01 and lost["master"] < 0.01, lost
@@ -169,7 +174,7 @@ def test_kernel_compiles_for_sm90():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels import lowrank_update as lu
+    from lowrank_kernels import lowrank_update as lu
 
     cfg = lu.pick_config(64)
     signature = {"meta_ptr": "*i64", "scale_ptr": "*fp32", "num_problems": "i32"}
@@ -205,14 +210,16 @@ def test_cuda_matches_reference(mode):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_dispatch_is_triton_and_deterministic():
-    assert kernels.resolve_backend(torch.device("cuda")) == "triton"
+    assert lowrank_kernels.resolve_backend(torch.device("cuda")) == "triton"
     weights, a, b = random_group(
         [(2048, 1024), (1024, 2048)], [16, 16], [torch.bfloat16] * 2, device="cuda"
     )
     runs = []
     for _ in range(2):
         ws = [w.clone() for w in weights]
-        kernels.lowrank_update_(ws, a, b, [0.1, 0.2], state=kernels.PrecisionState())
+        lowrank_kernels.lowrank_update_(
+            ws, a, b, [0.1, 0.2], state=lowrank_kernels.PrecisionState()
+        )
         runs.append(ws)
     for x, y in zip(*runs, strict=True):
         assert torch.equal(x, y)

@@ -19,7 +19,7 @@ WORKFLOW_FILES = [
     "envs",
     "benchmarks",
     "hiedit",
-    "kernels",
+    "lowrank_kernels",
 ]
 
 

@@ -37,7 +37,7 @@ whose subject is empty or does not occur in the prompt falls back to the prompt'
 subject there is also no ``is a`` prompt, so its target has no KL term.
 
 Every update is rank ≤ (records per step) and is committed as a pair of low-rank factors through
-``kernels.lowrank_update_`` (exact precision buffers for bf16/fp16 weights); no dense
+``lowrank_kernels.lowrank_update_`` (exact precision buffers for bf16/fp16 weights); no dense
 ``d_out × d_in`` matrix is formed.
 """
 
@@ -483,7 +483,7 @@ class LocateThenEdit:
     ) -> None:
         import torch
 
-        import kernels
+        import lowrank_kernels
 
         if stats is None:
             raise ConfigError(
@@ -542,7 +542,7 @@ class LocateThenEdit:
                     f"{(module.in_features, module.in_features)}"
                 )
             self.second_moments.append(moment.to(self.device, torch.float64))
-        self.precision = kernels.PrecisionState(settings.commit_precision)
+        self.precision = lowrank_kernels.PrecisionState(settings.commit_precision)
         self.prefixes = generate_prefixes(
             model, tokenizer, settings.n_prefixes, settings.prefix_tokens, self.seed
         )

@@ -14,7 +14,7 @@ edited by a single committed update. Per turn:
 3. **update** — normalise ``[K̂ ; Ĝ]`` with those statistics and form the values
    ``v_i = −η · ‖k̂_i‖² · ĝ_i`` row by row; the update is the ridge solution on the *raw* keys,
    ``ΔWᵀ = (KᵀK + λ I)⁻¹ Kᵀ V``;
-4. **commit** — ``W += ΔW`` in place through ``kernels.lowrank_update_``, in the cheapest exact
+4. **commit** — ``W += ΔW`` in place through ``lowrank_kernels.lowrank_update_``, in the cheapest exact
    form: with ``n`` rows and ``n < d_in`` the push-through identity
    ``(KᵀK + λI)⁻¹Kᵀ = Kᵀ(KKᵀ + λI)⁻¹`` gives ``ΔW = Bᵀ A`` with ``A = K`` and
    ``B = (KKᵀ + λI)⁻¹ V`` (an n × n solve); otherwise the d_in × d_in system is solved and
@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import kernels
+import lowrank_kernels
 from hiedit.atomic import atomic_path
 from hiedit.data.tokenize import encode_qa
 from hiedit.editor.api import EditStep, check_identity, group_key
@@ -209,7 +209,7 @@ class UltraEditEditor:
             if key not in self.normalizers:
                 dim = module.in_features + module.out_features
                 self.normalizers[key] = RunningNormalizer(dim, eps=NORMALIZER_EPS).to(self.device)
-        self.precision = kernels.PrecisionState(settings.commit_precision)
+        self.precision = lowrank_kernels.PrecisionState(settings.commit_precision)
         self.n_turns = 0
         self.n_records = 0
         self._short_turn = False

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import kernels
+import lowrank_kernels
 from hiedit.atomic import save_torch
 from hiedit.config import JobConfig, section_dict
 from hiedit.data.records import QA, EditRecord
@@ -154,7 +154,7 @@ class HiEditor:
             self.router.to(self.device)
 
         self.base_weights = [m.weight.detach().clone() for m in self.modules]
-        self.precision = kernels.PrecisionState(editor_cfg.commit_precision)
+        self.precision = lowrank_kernels.PrecisionState(editor_cfg.commit_precision)
         self.selection_counts: list[int] | None = None
         self.static_set: list[int] | None = None
         self.step = 0

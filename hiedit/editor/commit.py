@@ -1,9 +1,9 @@
 """The one place an edit is committed to the model's weights (docs/method.md §6).
 
 ``W_l ← W_l + scale_l · B_lᵀ A_l`` for the selected modules only, in place, through
-``kernels.lowrank_update_`` (one grouped launch on GPU, the blocked PyTorch reference on CPU),
-with a :class:`kernels.PrecisionState` built from ``editor.commit_precision`` (whose ``auto`` mode
-is defined once, in ``kernels/precision.py``: an fp32 master copy for bf16/fp16 weights, plain
+``lowrank_kernels.lowrank_update_`` (one grouped launch on GPU, the blocked PyTorch reference on CPU),
+with a :class:`lowrank_kernels.PrecisionState` built from ``editor.commit_precision`` (whose ``auto`` mode
+is defined once, in ``lowrank_kernels/precision.py``: an fp32 master copy for bf16/fp16 weights, plain
 rounding for fp32 weights).
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-import kernels
+import lowrank_kernels
 from hiedit.editor.lowlevel import Factors
 from hiedit.errors import NonFiniteError
 
@@ -35,7 +35,7 @@ def commit_update(
     modules: Sequence[nn.Linear],
     factors: Sequence[Factors | None],
     selected: Sequence[bool],
-    state: kernels.PrecisionState | None,
+    state: lowrank_kernels.PrecisionState | None,
     *,
     names: Sequence[str],
     step: int,
@@ -48,4 +48,6 @@ def commit_update(
     a = [f.a.detach() if f is not None else None for f in chosen]
     b = [f.b.detach() if f is not None else None for f in chosen]
     scales = [float(f.scale.detach()) if f is not None else 0.0 for f in chosen]
-    kernels.lowrank_update_(weights, a, b, scales, [f is not None for f in chosen], state=state)
+    lowrank_kernels.lowrank_update_(
+        weights, a, b, scales, [f is not None for f in chosen], state=state
+    )

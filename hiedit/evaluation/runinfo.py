@@ -59,7 +59,9 @@ def source_revision() -> dict[str, Any] | None:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return None
-    changes = git("status", "--porcelain", "--untracked-files=no", "--", "hiedit", "kernels")
+    changes = git(
+        "status", "--porcelain", "--untracked-files=no", "--", "hiedit", "lowrank_kernels"
+    )
     return {"commit": commit, "local_changes": bool(changes)}
 
 

@@ -244,7 +244,7 @@ def lowrank_update_triton_(
     state: PrecisionState | None = None,
     config: KernelConfig | None = None,
 ) -> None:
-    """Launch the grouped kernel: same contract as :func:`kernels.lowrank_update_`.
+    """Launch the grouped kernel: same contract as :func:`lowrank_kernels.lowrank_update_`.
 
     Needs CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1`` set before this module was
     imported. ``config`` overrides the tile shape chosen from :data:`CONFIGS`.

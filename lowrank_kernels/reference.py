@@ -79,7 +79,7 @@ def lowrank_update_reference_(
 ) -> None:
     """In place, ``weights[l] += scales[l] * b[l].T @ a[l]`` for every selected ``l``.
 
-    See :func:`kernels.lowrank_update_` for the arguments; this is the same operation, layer by
+    See :func:`lowrank_kernels.lowrank_update_` for the arguments; this is the same operation, layer by
     layer, in plain PyTorch (any device).
     """
     problems = validate(weights, a, b, scales, mask)
