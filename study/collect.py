@@ -7,6 +7,16 @@ figures (PNG), each editor's validation log, the wall time of every job, and a p
 with the command, the source commit and the library versions the runs recorded.
 
     python study/collect.py --results results/study --out study
+
+With ``--merge "<command>"`` it adds the complete evaluation runs found under ``results/study``
+(those with a ``metrics_long.csv``) to what ``study/`` already holds instead of replacing it: their
+metrics rows replace the committed rows of the same run (model, dataset, variant, seed), Table 1
+is rebuilt from the merged metrics (time and memory cells of runs not rerun are kept from the
+committed table), their job times replace the same jobs' times, and the provenance file gains an
+entry with the given command and what those runs recorded. The other report files (ablations,
+claims, figures) are left as committed: rerun the whole study to regenerate them.
+
+    python study/collect.py --merge "snakemake --cores 2 --config setup=study -- <targets>"
 """
 
 from __future__ import annotations
@@ -16,6 +26,10 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COMMAND = "snakemake --cores 2 --config setup=study"
 
@@ -65,12 +79,97 @@ def provenance(results: Path) -> dict:
     }
 
 
+RUN_KEYS = ["model", "dataset", "variant", "seed"]
+JOB_KEYS = ["rule", "job"]
+
+
+def replace_rows(old: pd.DataFrame, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``old``'s rows whose key is not in ``new``, then all of ``new``'s rows."""
+    import pandas as pd
+
+    if old.empty:
+        return new.reset_index(drop=True)
+    new_keys = set(new[keys].astype(str).itertuples(index=False, name=None))
+    kept = [k not in new_keys for k in old[keys].astype(str).itertuples(index=False, name=None)]
+    return pd.concat([old[kept], new], ignore_index=True)
+
+
+def merged_table1(
+    metrics: pd.DataFrame,
+    per_edit: pd.DataFrame,
+    old: pd.DataFrame | None,
+    model: str,
+    dataset: str,
+) -> pd.DataFrame:
+    """Table 1 of the merged metrics; rows the new runs do not time keep their committed cost cells."""
+    from hiedit.reporting.tables import MEMORY_COLUMN, MISSING, TIME_COLUMN, main_table
+
+    table = main_table(metrics, model, dataset, source="merged metrics", per_edit=per_edit)
+    if old is not None:
+        committed = old.set_index("Variant")
+        for i, variant in enumerate(table["Variant"]):
+            if table.at[i, TIME_COLUMN] == MISSING and variant in committed.index:
+                for column in (TIME_COLUMN, MEMORY_COLUMN):
+                    if column in committed.columns:
+                        table.at[i, column] = committed.at[variant, column]
+    return table
+
+
+def merge(results: Path, out: Path, command: str) -> list[str]:
+    """Add the complete runs under ``results`` to ``out`` (see the module's docstring)."""
+    import pandas as pd
+
+    from hiedit.evaluation.outputs import gather
+    from hiedit.reporting.inputs import read_metrics, read_per_edit, run_identity
+
+    runs = sorted((results / "eval").rglob("metrics_long.csv"))
+    if not runs:
+        raise SystemExit(f"{results / 'eval'}: no complete evaluation run to merge")
+    new = gather(runs)
+    table_path = out / "tables" / "metrics.csv"
+    metrics = replace_rows(read_metrics(table_path), new, RUN_KEYS)
+    metrics.to_csv(table_path, index=False)
+    per_edit = read_per_edit([run.with_name("per_edit.csv") for run in runs])
+    for model, dataset in metrics[["model", "dataset"]].drop_duplicates().itertuples(index=False):
+        path = out / "report" / "table1" / model / f"{dataset}.csv"
+        old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        merged_table1(metrics, per_edit, old, model, dataset).to_csv(path, index=False)
+    editors = results / "editors"
+    for path in sorted(editors.rglob("validation.csv")):
+        copy(path, out / "validation" / path.relative_to(editors))
+    rows = job_seconds(results)
+    if rows:
+        seconds = out / "job_seconds.csv"
+        old_rows = pd.read_csv(seconds, dtype={"job": str}) if seconds.is_file() else pd.DataFrame()
+        replace_rows(old_rows, pd.DataFrame(rows), JOB_KEYS).to_csv(seconds, index=False)
+    info_path = out / "provenance.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    names = []
+    for run in runs:
+        r = run_identity(run)
+        names.append(f"{r['model']}/{r['dataset']}/{r['variant']}/seed{r['seed']}")
+    entry = {"runs": names, **provenance(results), "command": command}
+    info["merged"] = [m for m in info.get("merged", []) if m["runs"] != names] + [entry]
+    info_path.write_text(json.dumps(info, indent=1) + "\n")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results/study"))
     parser.add_argument("--out", type=Path, default=Path("study"))
+    parser.add_argument(
+        "--merge",
+        metavar="COMMAND",
+        help="add the complete runs under --results to --out; COMMAND is what produced them",
+    )
     args = parser.parse_args()
     results, out = args.results, args.out
+    if args.merge:
+        for name in merge(results, out, args.merge):
+            print(f"merged {name}")
+        return
     copy(results / "tables" / "metrics.csv", out / "tables" / "metrics.csv")
     report = results / "report"
     for path in sorted(report.rglob("*")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,92 @@ def test_claims_table_and_cli(tmp_path):
     assert "| claim | A > B | a − b on X | 3 | +1.50 [-0.50, +3.50] | inconclusive |" in out
     assert "| claim | C | c − d on Y (count) | 0 | — | not run — d absent |" in out
     assert "`hiedit`" in out
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "study" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
+    """--merge: a new run's rows replace its own committed rows only; Table 1 keeps the cost
+    cells of runs not rerun; job times and provenance gain the new entries."""
+    out, results = tmp_path / "study", tmp_path / "results"
+    committed = _metrics()
+    committed = committed[committed["dataset"] == "d"]
+    (out / "tables").mkdir(parents=True)
+    committed.to_csv(out / "tables" / "metrics.csv", index=False)
+    old_table = _module().pd.DataFrame(
+        [
+            {"Variant": "hiedit", "Time per edit (ms)": "12.5 ± 1.0", "Peak RSS (MiB)": "900 ± 3"},
+            {"Variant": "ft-m", "Time per edit (ms)": "99.0", "Peak RSS (MiB)": "950"},
+        ]
+    )
+    (out / "report" / "table1" / "m").mkdir(parents=True)
+    old_table.to_csv(out / "report" / "table1" / "m" / "d.csv", index=False)
+    pd.DataFrame(
+        [
+            ("evaluate", "m/d/hiedit/seed0", 10.0, 900.0),
+            ("evaluate", "m/d/ft-m/seed0", 20.0, 950.0),
+        ],
+        columns=["rule", "job", "seconds", "max_rss_mib"],
+    ).to_csv(out / "job_seconds.csv", index=False)
+    (out / "provenance.json").write_text('{"command": "full study"}')
+
+    # The new run: ft-m seed 0 again (replaces its rows) and a new variant.
+    for variant, eff in (("ft-m", 0.5), ("alphaedit", 0.4)):
+        run = results / "eval" / "m" / "d" / variant / "seed0"
+        run.mkdir(parents=True)
+        pd.DataFrame(
+            [
+                ("m", "d", variant, 0, 400, "efficacy", eff),
+                ("m", "d", variant, 0, 400, "unedited_efficacy", 0.1),
+            ],
+            columns=["model", "dataset", "variant", "seed", "n_edits", "metric", "value"],
+        ).to_csv(run / "metrics_long.csv", index=False)
+        pd.DataFrame(
+            {
+                "index": [0, 1, 2],
+                "relation": "r",
+                "selected": "a;b",
+                "seconds": [0.2, 0.3, 0.4],
+                "rss_mib": 1000.0,
+            }
+        ).to_csv(run / "per_edit.csv", index=False)
+        (run / "runinfo.json").write_text(
+            '{"source": {"commit": "abc", "local_changes": false}, "versions": {"torch": "9"}}'
+        )
+        bench = results / "benchmarks" / "evaluate" / "m" / "d" / variant
+        bench.mkdir(parents=True)
+        (bench / "seed0.tsv").write_text("s\tmax_rss\n33.0\t1000.0\n")
+
+    names = _load("collect").merge(results, out, "snakemake -- new targets")
+    assert names == ["m/d/alphaedit/seed0", "m/d/ft-m/seed0"]
+
+    metrics = pd.read_csv(out / "tables" / "metrics.csv")
+    final = metrics[(metrics["metric"] == "efficacy") & (metrics["n_edits"] == 400)]
+    eff = final.set_index(["variant", "seed"])["value"]
+    assert eff[("ft-m", 0)] == 0.5 and eff[("alphaedit", 0)] == 0.4  # replaced, added
+    assert eff.loc["hiedit"].tolist() == [0.30, 0.32, 0.34]  # not rerun: kept
+    hiedit_rows = committed[committed["variant"] == "hiedit"]
+    assert len(metrics[metrics["variant"] == "hiedit"]) == len(hiedit_rows)
+
+    table = pd.read_csv(out / "report" / "table1" / "m" / "d.csv", keep_default_na=False).set_index(
+        "Variant"
+    )
+    assert table.at["hiedit", "Time per edit (ms)"] == "12.5 ± 1.0"  # not rerun: committed cell
+    assert table.at["hiedit", "Seeds"] == 3
+    assert table.at["ft-m", "Time per edit (ms)"] == "300.0"  # rerun: median of its per-edit times
+    assert table.at["alphaedit", "Efficacy"] == "40.00"
+
+    seconds = pd.read_csv(out / "job_seconds.csv").set_index("job")["seconds"]
+    assert seconds["m/d/hiedit/seed0"] == 10.0 and seconds["m/d/ft-m/seed0"] == 33.0
+    assert seconds["m/d/alphaedit/seed0"] == 33.0
+
+    info = json.loads((out / "provenance.json").read_text())
+    assert info["command"] == "full study"
+    (entry,) = info["merged"]
+    assert entry["command"] == "snakemake -- new targets" and entry["runs"] == names
+    assert entry["source_commits"] == ["abc"] and entry["versions"] == {"torch": "9"}
