@@ -47,8 +47,9 @@ def job_seconds(results: Path) -> list[dict]:
             record = next(csv.DictReader(f, delimiter="\t"), None)
         if record is None:
             continue
-        rule = tsv.relative_to(results / "benchmarks").parts[0]
-        job = str(tsv.relative_to(results / "benchmarks" / rule).with_suffix(""))
+        parts = tsv.relative_to(results / "benchmarks").with_suffix("").parts
+        # A rule with one job writes benchmarks/<rule>.tsv; the others <rule>/<job>.tsv.
+        rule, job = parts[0], "/".join(parts[1:])
         rows.append(
             {
                 "rule": rule,
@@ -181,7 +182,7 @@ def main() -> None:
     rows = job_seconds(results)
     if rows:
         with (out / "job_seconds.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
     (out / "provenance.json").write_text(json.dumps(provenance(results), indent=1) + "\n")

@@ -136,6 +136,8 @@ def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
         bench = results / "benchmarks" / "evaluate" / "m" / "d" / variant
         bench.mkdir(parents=True)
         (bench / "seed0.tsv").write_text("s\tmax_rss\n33.0\t1000.0\n")
+    # A rule with a single job benchmarks to benchmarks/<rule>.tsv.
+    (results / "benchmarks" / "build_model.tsv").write_text("s\tmax_rss\n7.0\t500.0\n")
 
     names = _load("collect").merge(results, out, "snakemake -- new targets")
     assert names == ["m/d/alphaedit/seed0", "m/d/ft-m/seed0"]
@@ -159,6 +161,8 @@ def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
     seconds = pd.read_csv(out / "job_seconds.csv").set_index("job")["seconds"]
     assert seconds["m/d/hiedit/seed0"] == 10.0 and seconds["m/d/ft-m/seed0"] == 33.0
     assert seconds["m/d/alphaedit/seed0"] == 33.0
+    rules = pd.read_csv(out / "job_seconds.csv", keep_default_na=False).set_index("rule")
+    assert rules.at["build_model", "seconds"] == 7.0 and rules.at["build_model", "job"] == ""
 
     info = json.loads((out / "provenance.json").read_text())
     assert info["command"] == "full study"
