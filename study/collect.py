@@ -12,9 +12,11 @@ With ``--merge "<command>"`` it adds the complete evaluation runs found under ``
 (those with a ``metrics_long.csv``) to what ``study/`` already holds instead of replacing it: their
 metrics rows replace the committed rows of the same run (model, dataset, variant, seed), Table 1
 is rebuilt from the merged metrics (time and memory cells of runs not rerun are kept from the
-committed table), their job times replace the same jobs' times, and the provenance file gains an
-entry with the given command and what those runs recorded. The other report files (ablations,
-claims, figures) are left as committed: rerun the whole study to regenerate them.
+committed table), Table 2 and the claims table are rebuilt from the merged metrics (a claim row
+they cannot compute, such as the router's selectivity, which needs per-edit files the study does
+not keep, stays as committed), their job times replace the same jobs' times, and the provenance
+file gains an entry with the given command and what those runs recorded. The figures are left as
+committed: rerun the whole study to regenerate them.
 
     python study/collect.py --merge "snakemake --cores 2 --config setup=study -- <targets>"
 """
@@ -116,12 +118,39 @@ def merged_table1(
     return table
 
 
-def merge(results: Path, out: Path, command: str) -> list[str]:
+def merged_claims(
+    metrics: pd.DataFrame, old: pd.DataFrame | None, config: dict, models: list[str]
+) -> pd.DataFrame:
+    """The claims table of the merged metrics; rows it cannot compute keep their committed values."""
+    from hiedit.reporting.claims import NOT_RUN, claims_table
+
+    table = claims_table(
+        metrics,
+        default_k={m: config["models"][m]["k"] for m in models},
+        n_modules={m: len(config["models"][m]["modules"]) for m in models},
+        zsre_datasets=[d for d, e in config["datasets"].items() if e.get("format") == "zsre"],
+    )
+    if old is None:
+        return table
+    key = ["Model", "Dataset", "Kind", "Claim", "Comparison"]
+    committed = {tuple(row[k] for k in key): row for row in old.to_dict("records")}
+    for i, row in table.iterrows():
+        kept = committed.get(tuple(row[k] for k in key))
+        if row["Verdict"] == NOT_RUN and kept is not None and kept["Verdict"] != NOT_RUN:
+            table.loc[i] = [kept[c] for c in table.columns]
+    return table
+
+
+def merge(
+    results: Path, out: Path, command: str, config_path: Path = Path("config.yaml")
+) -> list[str]:
     """Add the complete runs under ``results`` to ``out`` (see the module's docstring)."""
     import pandas as pd
+    import yaml
 
     from hiedit.evaluation.outputs import gather
     from hiedit.reporting.inputs import read_metrics, read_per_edit, run_identity
+    from hiedit.reporting.tables import ablation_table
 
     runs = sorted((results / "eval").rglob("metrics_long.csv"))
     if not runs:
@@ -136,13 +165,28 @@ def merge(results: Path, out: Path, command: str) -> list[str]:
         old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else None
         path.parent.mkdir(parents=True, exist_ok=True)
         merged_table1(metrics, per_edit, old, model, dataset).to_csv(path, index=False)
+        path = out / "report" / "table2" / model / f"{dataset}.csv"
+        if path.is_file():  # Table 2 exists where hiedit ran
+            ablation_table(metrics, model, dataset, source="merged metrics").to_csv(
+                path, index=False
+            )
+    claims_path = out / "report" / "claims.csv"
+    if claims_path.is_file():
+        config = yaml.safe_load(config_path.read_text())
+        models = sorted(metrics["model"].unique())
+        old_claims = pd.read_csv(claims_path, keep_default_na=False)
+        merged_claims(metrics, old_claims, config, models).to_csv(claims_path, index=False)
     editors = results / "editors"
     for path in sorted(editors.rglob("validation.csv")):
         copy(path, out / "validation" / path.relative_to(editors))
     rows = job_seconds(results)
     if rows:
         seconds = out / "job_seconds.csv"
-        old_rows = pd.read_csv(seconds, dtype={"job": str}) if seconds.is_file() else pd.DataFrame()
+        old_rows = (
+            pd.read_csv(seconds, dtype={"job": str}, keep_default_na=False)
+            if seconds.is_file()
+            else pd.DataFrame()
+        )
         replace_rows(old_rows, pd.DataFrame(rows), JOB_KEYS).to_csv(seconds, index=False)
     info_path = out / "provenance.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}

@@ -109,6 +109,26 @@ def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
         columns=["rule", "job", "seconds", "max_rss_mib"],
     ).to_csv(out / "job_seconds.csv", index=False)
     (out / "provenance.json").write_text('{"command": "full study"}')
+    claim_columns = [
+        "Model", "Dataset", "Kind", "Claim", "Comparison", "Unit", "Margin", "Seeds",
+        "Difference", "Low", "High", "Verdict", "Detail",
+    ]  # fmt: skip
+    router_claim = "without the intrinsic reward the router drifts toward dense behaviour"
+    pd.DataFrame(
+        [
+            # needs per-edit files the study does not keep: stays as committed
+            ("m", "d", "claim", router_claim, "no-intrinsic − hiedit on distinct module sets",
+             "count", 0.0, 1, 35.0, 35.0, 35.0, "inconclusive (one seed)", ""),
+            # computable from the merged metrics: rebuilt (the stale values go)
+            ("m", "d", "target", "ZsRE: hiedit efficacy ≥ 60", "hiedit Efficacy − 60",
+             "points", 60.0, 1, 0.0, 0.0, 0.0, "inconclusive (one seed)", ""),
+        ],
+        columns=claim_columns,
+    ).to_csv(out / "report" / "claims.csv", index=False)  # fmt: skip
+    (out / "report" / "table2" / "m").mkdir(parents=True)
+    pd.DataFrame([{"Variant": "stale"}]).to_csv(out / "report" / "table2" / "m" / "d.csv")
+    config = tmp_path / "config.yaml"
+    config.write_text("models: {m: {k: 1, modules: [a, b]}}\ndatasets: {d: {format: zsre}}\n")
 
     # The new run: ft-m seed 0 again (replaces its rows) and a new variant.
     for variant, eff in (("ft-m", 0.5), ("alphaedit", 0.4)):
@@ -139,7 +159,7 @@ def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
     # A rule with a single job benchmarks to benchmarks/<rule>.tsv.
     (results / "benchmarks" / "build_model.tsv").write_text("s\tmax_rss\n7.0\t500.0\n")
 
-    names = _load("collect").merge(results, out, "snakemake -- new targets")
+    names = _load("collect").merge(results, out, "snakemake -- new targets", config)
     assert names == ["m/d/alphaedit/seed0", "m/d/ft-m/seed0"]
 
     metrics = pd.read_csv(out / "tables" / "metrics.csv")
@@ -157,6 +177,13 @@ def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
     assert table.at["hiedit", "Seeds"] == 3
     assert table.at["ft-m", "Time per edit (ms)"] == "300.0"  # rerun: median of its per-edit times
     assert table.at["alphaedit", "Efficacy"] == "40.00"
+
+    ablations = pd.read_csv(out / "report" / "table2" / "m" / "d.csv").set_index("Variant")
+    assert ablations.index.tolist() == ["hiedit"] and ablations.at["hiedit", "Seeds"] == 3
+    claims = pd.read_csv(out / "report" / "claims.csv").set_index("Comparison")
+    assert claims.at["no-intrinsic − hiedit on distinct module sets", "Difference"] == 35.0  # kept
+    target = claims.loc["hiedit Efficacy − 60"]
+    assert target["Seeds"] == 3 and abs(target["Difference"] - (32.0 - 60.0)) < 1e-9
 
     seconds = pd.read_csv(out / "job_seconds.csv").set_index("job")["seconds"]
     assert seconds["m/d/hiedit/seed0"] == 10.0 and seconds["m/d/ft-m/seed0"] == 33.0
