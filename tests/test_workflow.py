@@ -113,19 +113,20 @@ def test_model_rule_builds_the_embedded_model(tmp_path):
 
 
 def test_study_dag_runs_unseeded_baselines_once():
-    result = snakemake("-n", "--config", "setup=study")
+    # --forceall: count every job, whatever a local results/study already holds.
+    result = snakemake("-n", "--forceall", "--config", "setup=study")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    # Per dataset (two): hiedit, tuned-step, rledit, hiedit-rand at 3 seeds, static-k,
-    # no-intrinsic, step-only, mend, malmen and memit at one (variant_seeds; MEMIT's prefixes
-    # are drawn with the seed), the baselines ft-m, ultraedit, ultraedit-1 once (nothing of
-    # theirs depends on the seed).
-    assert counts["evaluate"] == 2 * (4 * 3 + 5 + 4)
-    # hiedit, rledit, tuned-step at 3 seeds, no-intrinsic, step-only, mend and malmen at one
-    # (static-k and hiedit-rand use hiedit's networks); one grid search per baseline.
-    assert counts["train_editor"] == 2 * (3 * 3 + 4 + 4)
+    # Per dataset (two): hiedit, tuned-step, rledit, hiedit-rand, no-intrinsic, step-only, mend
+    # and malmen at 3 seeds, static-k, memit and alphaedit at one (variant_seeds; MEMIT's and
+    # AlphaEdit's prefixes are drawn with the seed), the baselines ft-m, ultraedit, ultraedit-1
+    # once (nothing of theirs depends on the seed).
+    assert counts["evaluate"] == 2 * (8 * 3 + 3 + 3)
+    # hiedit, rledit, tuned-step, no-intrinsic, step-only, mend and malmen at 3 seeds (static-k
+    # and hiedit-rand use hiedit's networks); one grid search per baseline.
+    assert counts["train_editor"] == 2 * (7 * 3 + 5)
     # One key statistic for the model, shared by MEMIT's runs on both datasets.
     assert counts["fit_key_stats"] == 1
-    assert "no-intrinsic/seed1" not in result.stdout
+    assert "static-k/seed1" not in result.stdout
     assert "ft-m/seed1" not in result.stdout
     assert "memit/seed1" not in result.stdout
