@@ -124,6 +124,9 @@ def merged_claims(
     """The claims table of the merged metrics; rows it cannot compute keep their committed values."""
     from hiedit.reporting.claims import NOT_RUN, claims_table
 
+    missing = [m for m in models if m not in config.get("models", {})]
+    if missing:
+        raise SystemExit(f"config: no models.{missing[0]} entry (its K and candidate modules)")
     table = claims_table(
         metrics,
         default_k={m: config["models"][m]["k"] for m in models},
@@ -146,8 +149,8 @@ def merge(
 ) -> list[str]:
     """Add the complete runs under ``results`` to ``out`` (see the module's docstring)."""
     import pandas as pd
-    import yaml
 
+    from hiedit.config import load_config
     from hiedit.evaluation.outputs import gather
     from hiedit.reporting.inputs import read_metrics, read_per_edit, run_identity
     from hiedit.reporting.tables import ablation_table
@@ -172,7 +175,7 @@ def merge(
             )
     claims_path = out / "report" / "claims.csv"
     if claims_path.is_file():
-        config = yaml.safe_load(config_path.read_text())
+        config = load_config(config_path)
         models = sorted(metrics["model"].unique())
         old_claims = pd.read_csv(claims_path, keep_default_na=False)
         merged_claims(metrics, old_claims, config, models).to_csv(claims_path, index=False)
