@@ -3,8 +3,10 @@
 The study runs with ``snakemake --cores 2 --config setup=study`` and writes everything under
 ``results/study/`` (not committed: checkpoints and per-edit logs are large). This script keeps
 what a reader needs beside the README: the tidy metrics table, the report's tables (CSV) and
-figures (PNG), each editor's validation log, the wall time of every job, and a provenance file
-with the command, the source commit and the library versions the runs recorded.
+figures (PNG), each editor's validation log, the router's statistics of every run
+(``tables/router.csv``: module-usage entropy and distinct module sets, from the per-edit logs),
+the wall time of every job, and a provenance file with the command, the source commit and the
+library versions the runs recorded.
 
     python study/collect.py --results results/study --out study
 
@@ -12,9 +14,9 @@ With ``--merge "<command>"`` it adds the complete evaluation runs found under ``
 (those with a ``metrics_long.csv``) to what ``study/`` already holds instead of replacing it: their
 metrics rows replace the committed rows of the same run (model, dataset, variant, seed), Table 1
 is rebuilt from the merged metrics (time and memory cells of runs not rerun are kept from the
-committed table), Table 2 and the claims table are rebuilt from the merged metrics (a claim row
-they cannot compute, such as the router's selectivity, which needs per-edit files the study does
-not keep, stays as committed), their job times replace the same jobs' times, and the provenance
+committed table), their router statistics replace those of the same runs, Table 2 and the claims
+table are rebuilt from the merged metrics and router statistics (a claim row they still cannot
+compute stays as committed), their job times replace the same jobs' times, and the provenance
 file gains an entry with the given command and what those runs recorded. The figures are left as
 committed: rerun the whole study to regenerate them.
 
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COMMAND = "snakemake --cores 2 --config setup=study"
+ROUTER_TABLE = Path("tables") / "router.csv"
 
 
 def copy(src: Path, dest: Path) -> None:
@@ -118,20 +121,40 @@ def merged_table1(
     return table
 
 
-def merged_claims(
-    metrics: pd.DataFrame, old: pd.DataFrame | None, config: dict, models: list[str]
-) -> pd.DataFrame:
-    """The claims table of the merged metrics; rows it cannot compute keep their committed values."""
-    from hiedit.reporting.claims import NOT_RUN, claims_table
-
+def model_entries(config: dict, models: list[str]) -> dict[str, dict]:
+    """The config's ``models.<name>`` entry of each model (its K and candidate modules)."""
     missing = [m for m in models if m not in config.get("models", {})]
     if missing:
         raise SystemExit(f"config: no models.{missing[0]} entry (its K and candidate modules)")
+    return {m: config["models"][m] for m in models}
+
+
+def router_table(per_edit: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """The router statistics of every run in ``per_edit`` (see :func:`router_stats`)."""
+    from hiedit.reporting.claims import router_stats
+
+    entries = model_entries(config, sorted(per_edit["model"].unique()))
+    return router_stats(per_edit, {m: len(e["modules"]) for m, e in entries.items()})
+
+
+def merged_claims(
+    metrics: pd.DataFrame,
+    old: pd.DataFrame | None,
+    config: dict,
+    models: list[str],
+    router: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The claims table of the merged metrics and router statistics; rows it cannot compute keep
+    their committed values."""
+    from hiedit.reporting.claims import NOT_RUN, claims_table
+
+    entries = model_entries(config, models)
     table = claims_table(
         metrics,
-        default_k={m: config["models"][m]["k"] for m in models},
-        n_modules={m: len(config["models"][m]["modules"]) for m in models},
+        default_k={m: e["k"] for m, e in entries.items()},
+        n_modules={m: len(e["modules"]) for m, e in entries.items()},
         zsre_datasets=[d for d, e in config["datasets"].items() if e.get("format") == "zsre"],
+        router=router,
     )
     if old is None:
         return table
@@ -163,6 +186,11 @@ def merge(
     metrics = replace_rows(read_metrics(table_path), new, RUN_KEYS)
     metrics.to_csv(table_path, index=False)
     per_edit = read_per_edit([run.with_name("per_edit.csv") for run in runs])
+    config = load_config(config_path)
+    router_path = out / ROUTER_TABLE
+    old_router = pd.read_csv(router_path) if router_path.is_file() else pd.DataFrame()
+    router = replace_rows(old_router, router_table(per_edit, config), RUN_KEYS)
+    router.to_csv(router_path, index=False)
     for model, dataset in metrics[["model", "dataset"]].drop_duplicates().itertuples(index=False):
         path = out / "report" / "table1" / model / f"{dataset}.csv"
         old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else None
@@ -175,10 +203,9 @@ def merge(
             )
     claims_path = out / "report" / "claims.csv"
     if claims_path.is_file():
-        config = load_config(config_path)
         models = sorted(metrics["model"].unique())
         old_claims = pd.read_csv(claims_path, keep_default_na=False)
-        merged_claims(metrics, old_claims, config, models).to_csv(claims_path, index=False)
+        merged_claims(metrics, old_claims, config, models, router).to_csv(claims_path, index=False)
     editors = results / "editors"
     for path in sorted(editors.rglob("validation.csv")):
         copy(path, out / "validation" / path.relative_to(editors))
@@ -212,13 +239,21 @@ def main() -> None:
         metavar="COMMAND",
         help="add the complete runs under --results to --out; COMMAND is what produced them",
     )
+    parser.add_argument(
+        "--config", type=Path, default=Path("config.yaml"), help="the models' candidate modules"
+    )
     args = parser.parse_args()
     results, out = args.results, args.out
     if args.merge:
-        for name in merge(results, out, args.merge):
+        for name in merge(results, out, args.merge, args.config):
             print(f"merged {name}")
         return
+    from hiedit.config import load_config
+    from hiedit.reporting.inputs import read_per_edit
+
     copy(results / "tables" / "metrics.csv", out / "tables" / "metrics.csv")
+    per_edit = read_per_edit(sorted((results / "eval").rglob("per_edit.csv")))
+    router_table(per_edit, load_config(args.config)).to_csv(out / ROUTER_TABLE, index=False)
     report = results / "report"
     for path in sorted(report.rglob("*")):
         if path.suffix in {".csv", ".png"}:

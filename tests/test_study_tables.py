@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "study" / "readme_tables.py"
@@ -114,9 +116,13 @@ def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
         "Difference", "Low", "High", "Verdict", "Detail",
     ]  # fmt: skip
     router_claim = "without the intrinsic reward the router drifts toward dense behaviour"
+    entropy_row = "no-intrinsic − hiedit on normalised entropy of module usage"
     pd.DataFrame(
         [
-            # needs per-edit files the study does not keep: stays as committed
+            # hiedit's committed statistics have no entropy: stays as committed
+            ("m", "d", "claim", router_claim, entropy_row,
+             "fraction", 0.0, 1, 0.1, 0.1, 0.1, "inconclusive (one seed)", ""),
+            # hiedit's committed set count and the merged no-intrinsic run's: rebuilt
             ("m", "d", "claim", router_claim, "no-intrinsic − hiedit on distinct module sets",
              "count", 0.0, 1, 35.0, 35.0, 35.0, "inconclusive (one seed)", ""),
             # computable from the merged metrics: rebuilt (the stale values go)
@@ -127,11 +133,20 @@ def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
     ).to_csv(out / "report" / "claims.csv", index=False)  # fmt: skip
     (out / "report" / "table2" / "m").mkdir(parents=True)
     pd.DataFrame([{"Variant": "stale"}]).to_csv(out / "report" / "table2" / "m" / "d.csv")
+    # Router statistics committed by an earlier merge: hiedit's set count, and a stale ft-m row.
+    pd.DataFrame(
+        [
+            ("m", "d", "hiedit", 0, "router_sets", 4.0),
+            ("m", "d", "ft-m", 0, "router_sets", 9.0),
+        ],
+        columns=["model", "dataset", "variant", "seed", "metric", "value"],
+    ).to_csv(out / "tables" / "router.csv", index=False)
     config = tmp_path / "config.yaml"
     config.write_text("models: {m: {k: 1, modules: [a, b]}}\ndatasets: {d: {format: zsre}}\n")
 
-    # The new run: ft-m seed 0 again (replaces its rows) and a new variant.
-    for variant, eff in (("ft-m", 0.5), ("alphaedit", 0.4)):
+    # The new runs: ft-m seed 0 again (replaces its rows), a new baseline and a router variant.
+    selections = {"ft-m": ["a;b"] * 3, "alphaedit": ["a;b"] * 3, "no-intrinsic": ["a", "b", "a"]}
+    for variant, eff in (("ft-m", 0.5), ("alphaedit", 0.4), ("no-intrinsic", 0.3)):
         run = results / "eval" / "m" / "d" / variant / "seed0"
         run.mkdir(parents=True)
         pd.DataFrame(
@@ -145,7 +160,7 @@ def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
             {
                 "index": [0, 1, 2],
                 "relation": "r",
-                "selected": "a;b",
+                "selected": selections[variant],
                 "seconds": [0.2, 0.3, 0.4],
                 "rss_mib": 1000.0,
             }
@@ -160,7 +175,7 @@ def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
     (results / "benchmarks" / "build_model.tsv").write_text("s\tmax_rss\n7.0\t500.0\n")
 
     names = _load("collect").merge(results, out, "snakemake -- new targets", config)
-    assert names == ["m/d/alphaedit/seed0", "m/d/ft-m/seed0"]
+    assert names == ["m/d/alphaedit/seed0", "m/d/ft-m/seed0", "m/d/no-intrinsic/seed0"]
 
     metrics = pd.read_csv(out / "tables" / "metrics.csv")
     final = metrics[(metrics["metric"] == "efficacy") & (metrics["n_edits"] == 400)]
@@ -179,9 +194,18 @@ def test_collect_merge_adds_runs_and_keeps_the_rest(tmp_path):
     assert table.at["alphaedit", "Efficacy"] == "40.00"
 
     ablations = pd.read_csv(out / "report" / "table2" / "m" / "d.csv").set_index("Variant")
-    assert ablations.index.tolist() == ["hiedit"] and ablations.at["hiedit", "Seeds"] == 3
+    assert ablations.index.tolist() == ["hiedit", "no-intrinsic"]
+    assert ablations.at["hiedit", "Seeds"] == 3
+    router = pd.read_csv(out / "tables" / "router.csv").set_index(["variant", "seed", "metric"])
+    assert router.at[("hiedit", 0, "router_sets"), "value"] == 4.0  # not rerun: kept
+    assert router.at[("ft-m", 0, "router_sets"), "value"] == 1.0  # rerun: replaced
+    assert router.at[("no-intrinsic", 0, "router_sets"), "value"] == 2.0  # {a}, {b}
+    usage = [2 / 3, 1 / 3]  # a twice, b once; the entropy is divided by log L = log 2
+    entropy = -sum(p * math.log(p) for p in usage) / math.log(2)
+    assert router.at[("no-intrinsic", 0, "router_entropy"), "value"] == pytest.approx(entropy)
     claims = pd.read_csv(out / "report" / "claims.csv").set_index("Comparison")
-    assert claims.at["no-intrinsic − hiedit on distinct module sets", "Difference"] == 35.0  # kept
+    assert claims.at[entropy_row, "Difference"] == 0.1  # kept
+    assert claims.at["no-intrinsic − hiedit on distinct module sets", "Difference"] == 2.0 - 4.0
     target = claims.loc["hiedit Efficacy − 60"]
     assert target["Seeds"] == 3 and abs(target["Difference"] - (32.0 - 60.0)) < 1e-9
 

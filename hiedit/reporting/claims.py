@@ -469,10 +469,13 @@ def claims_table(
     default_k: Mapping[str, int] | None = None,
     n_modules: Mapping[str, int] | None = None,
     zsre_datasets: Sequence[str] = (),
+    router: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every claim and target for every model × dataset of ``metrics``: :data:`CLAIM_COLUMNS`.
 
     ``per_edit``: the per-edit files of (at least) hiedit and no-intrinsic, for the router claim;
+    ``router``: their statistics already computed (:func:`router_stats`' table), for runs whose
+    per-edit files are not at hand (a run in both counts once, from ``per_edit``);
     ``default_k`` / ``n_modules``: each model's K and L; ``zsre_datasets``: the datasets in the
     ZsRE format, where the study's efficacy, retention and specificity targets apply.
     """
@@ -483,7 +486,12 @@ def claims_table(
     final = final_metrics(metrics)
     if final.empty:
         raise ReportInputError("the metrics table has no rows")
-    router = router_stats(per_edit, n_modules) if per_edit is not None else None
+    parts = [router] if router is not None else []
+    if per_edit is not None:
+        parts.append(router_stats(per_edit, n_modules))
+    if parts:
+        keys = ["model", "dataset", "variant", "seed", "metric"]
+        router = pd.concat(parts, ignore_index=True).drop_duplicates(keys, keep="last")
     rows = []
     runs = final[["model", "dataset"]].drop_duplicates().sort_values(["model", "dataset"])
     for model, dataset in runs.itertuples(index=False):
