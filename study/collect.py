@@ -10,6 +10,11 @@ library versions the runs recorded.
 
     python study/collect.py --results results/study --out study
 
+Another setup's results go to their own folder, with the command that produced them:
+
+    python study/collect.py --results results/study-1000 --out study/stream1000 \
+        --command "snakemake --cores 2 --config setup=study-1000"
+
 With ``--merge "<command>"`` it adds the complete evaluation runs found under ``results/study``
 (those with a ``metrics_long.csv``) to what ``study/`` already holds instead of replacing it: their
 metrics rows replace the committed rows of the same run (model, dataset, variant, seed), Table 1
@@ -66,7 +71,7 @@ def job_seconds(results: Path) -> list[dict]:
     return rows
 
 
-def provenance(results: Path) -> dict:
+def provenance(results: Path, command: str = COMMAND) -> dict:
     """Command, commits and versions recorded by the evaluation runs (they must agree)."""
     commits, versions, device = set(), {}, None
     for info in sorted((results / "eval").rglob("runinfo.json")):
@@ -78,7 +83,7 @@ def provenance(results: Path) -> dict:
         versions = data.get("versions", versions)
         device = data.get("device")
     return {
-        "command": COMMAND,
+        "command": command,
         "source_commits": sorted(commits),
         "versions": versions,
         "device": device,
@@ -242,6 +247,9 @@ def main() -> None:
     parser.add_argument(
         "--config", type=Path, default=Path("config.yaml"), help="the models' candidate modules"
     )
+    parser.add_argument(
+        "--command", default=COMMAND, help="the command that produced --results (provenance)"
+    )
     args = parser.parse_args()
     results, out = args.results, args.out
     if args.merge:
@@ -267,7 +275,9 @@ def main() -> None:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-    (out / "provenance.json").write_text(json.dumps(provenance(results), indent=1) + "\n")
+    (out / "provenance.json").write_text(
+        json.dumps(provenance(results, args.command), indent=1) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -203,3 +203,24 @@ def test_a_job_contradicting_its_variant_is_refused(config):
     job["training"]["trainable"] = "all"
     with pytest.raises(ConfigError, match="'training.trainable': variant 'step-only' runs with"):
         JobConfig.from_dict(job)
+
+
+def test_study_1000_reruns_the_study_on_longer_streams(config):
+    # The 1,000-edit setup must differ from the study in the stream only: the same data, recipe
+    # and seeds, so its editors are the study's and its first 400 edits are the study's stream.
+    study, longer = resolve_setup(config, "study"), resolve_setup(config, "study-1000")
+    for key in ("models", "seeds", "geofacts_eval", "geofacts_extra_eval", "long_stream"):
+        assert longer[key] == study[key], key
+    assert set(longer["datasets"]) < set(study["datasets"])
+    assert set(longer["variants"]) < set(study["variants"])
+    assert longer["results"] != study["results"]
+    for variant in longer["variants"]:
+        a = job_config(config, study, "smollm2-135m", "geofacts-zsre", variant, 1)
+        b = job_config(config, longer, "smollm2-135m", "geofacts-zsre", variant, 1)
+        assert b["evaluation"]["n_edits"] == 1000 and a["evaluation"]["n_edits"] == 400
+        assert b["evaluation"]["num_pre"] == a["evaluation"]["num_pre"]
+        changed = {k for k in a["evaluation"] if a["evaluation"][k] != b["evaluation"][k]}
+        assert changed <= {"n_edits", "n_curve_points", "curve_sample"}
+        for section in ("evaluation", "setup"):
+            a.pop(section), b.pop(section)
+        assert a == b, variant
