@@ -16,6 +16,7 @@ from hiedit.evaluation.stream import (
     StreamSettings,
     curve_checkpoints,
     curve_sample_indices,
+    read_saved_progress,
     run_edits_only,
     run_stream,
 )
@@ -196,6 +197,48 @@ def test_interrupted_stream_resumes_to_identical_metrics(tmp_path):
     assert resumed.per_edit[metric_cols].equals(reference.per_edit[metric_cols])
     # the resumed run did not score the unedited model again
     assert n_calls < reference.n_forwards
+
+
+def test_an_interrupted_streams_progress_can_be_read_and_exported(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from hiedit.cli import main
+
+    records = _records(10)
+    settings = _settings()
+    reference, _ = _run(records, settings)
+    state = tmp_path / "state"
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        _run(records, settings, state_dir=state, fail_after=9)
+    saved_files = sorted(p.name for p in state.iterdir())
+
+    progress = read_saved_progress(state)
+    # saves every 2 edits: the last one after edit 8; checkpoint 4 and 7 were scored by then
+    assert (progress.done, progress.total) == (8, 10)
+    assert progress.per_edit["index"].tolist() == list(range(8))
+    log_columns = ["record_id", "selected", "n_selected"]
+    assert progress.per_edit[log_columns].equals(reference.per_edit[log_columns].iloc[:8])
+    # the same points (a metric undefined at every point so far, here agreement on the positions
+    # the unedited model predicts correctly, is absent rather than an empty column)
+    assert set(progress.curve.columns) <= set(reference.curve.columns)
+    assert progress.curve.equals(reference.curve.iloc[:2][progress.curve.columns])
+
+    out = tmp_path / "partial" / "tiny" / "zsre" / "fake" / "seed0"
+    assert main(["evaluate", "progress", str(state), "--out-dir", str(out)]) == 0
+    summary = json.loads((out / "progress.json").read_text())
+    assert (summary["done"], summary["total"], summary["curve_points"]) == (8, 10, 2)
+    exported = pd.read_csv(out / "curve.csv")
+    assert exported["n_edits"].tolist() == [4, 7]
+    assert exported["efficacy"].tolist() == pytest.approx(reference.curve["efficacy"][:2].tolist())
+    assert len(pd.read_csv(out / "per_edit.csv")) == 8
+    assert sorted(p.name for p in state.iterdir()) == saved_files  # the state is untouched
+
+
+def test_reading_progress_without_a_saved_state_names_the_file(tmp_path):
+    with pytest.raises(CheckpointMismatchError, match="progress.pt: no saved stream progress"):
+        read_saved_progress(tmp_path)
 
 
 def test_state_of_other_inputs_is_refused(tmp_path):

@@ -26,6 +26,11 @@ resumes there, and the state is removed after success. The work itself is
 
 ``python -m hiedit evaluate gather --out TABLE.csv FILES...`` concatenates ``metrics_long.csv``
 files into one table, validating each (errors name the file).
+
+``python -m hiedit evaluate progress STATE_DIR --out-dir DIR`` reads a running or interrupted
+stream's state folder (nothing there is changed) and writes what it holds so far: ``per_edit.csv``
+(the edit log of the edits made: no metric column yet), ``curve.csv`` (the checkpoints already
+scored) and ``progress.json`` (``done``, ``total``, when the state was saved).
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "every variant instead of scoring the unedited model in each job",
     )
 
-    sub = parser.add_subparsers(dest="command", metavar="{gather,unedited}")
+    sub = parser.add_subparsers(dest="command", metavar="{gather,unedited,progress}")
     unedited = sub.add_parser(
         "unedited",
         help="score the unedited model on a job's stream once (shared by every variant)",
@@ -105,6 +110,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     gather.add_argument("--out", required=True, help="output CSV (written atomically)")
     gather.add_argument("files", nargs="+", metavar="FILES", help="metrics_long.csv files")
+    saved = sub.add_parser(
+        "progress",
+        help="write the per-edit log and curve points a stream's state folder holds so far",
+        description="Read the state folder of a running or interrupted stream (changing "
+        "nothing there) and write into --out-dir what it holds up to its last save: "
+        "per_edit.csv (the edit log: times, memory, selected modules; the metric columns come "
+        "only with the final scoring), curve.csv (the learning-curve points scored so far) and "
+        "progress.json (done, total, saved_at).",
+    )
+    saved.add_argument("state_dir", metavar="STATE_DIR", help="the stream's --resume-dir")
+    saved.add_argument("--out-dir", required=True, help="folder for the three files")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -113,6 +129,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_gather(args)
     if command == "unedited":
         return run_unedited(args)
+    if command == "progress":
+        return run_progress(args)
     return run_evaluate(args)
 
 
@@ -138,6 +156,41 @@ def run_gather(args: argparse.Namespace) -> int:
     table = gather(args.files)
     write_table(args.out, table)
     log.info("gathered %d rows from %d files into %s", len(table), len(args.files), args.out)
+    return 0
+
+
+def run_progress(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from hiedit.atomic import json_writer, write_all_or_nothing
+    from hiedit.evaluation.outputs import CURVE_FILE, PER_EDIT_FILE, csv_writer
+    from hiedit.evaluation.stream import read_saved_progress
+
+    progress = read_saved_progress(args.state_dir)
+    saved_at = datetime.fromtimestamp(progress.saved_at, tz=timezone.utc)
+    summary = {
+        "state_dir": str(args.state_dir),
+        "done": progress.done,
+        "total": progress.total,
+        "curve_points": len(progress.curve),
+        "saved_at": saved_at.isoformat(timespec="seconds"),
+    }
+    write_all_or_nothing(
+        args.out_dir,
+        {
+            PER_EDIT_FILE: csv_writer(progress.per_edit),
+            CURVE_FILE: csv_writer(progress.curve),
+            "progress.json": json_writer(summary),
+        },
+    )
+    log.info(
+        "%s: %d of %d edits, %d curve points, saved %s",
+        args.state_dir,
+        progress.done,
+        progress.total,
+        len(progress.curve),
+        summary["saved_at"],
+    )
     return 0
 
 

@@ -46,7 +46,7 @@ class ResultFileError(HiEditError):
     """A result file is missing, unreadable or malformed (the message names the file)."""
 
 
-def _csv_writer(frame: pd.DataFrame) -> Callable[[Path], None]:
+def csv_writer(frame: pd.DataFrame) -> Callable[[Path], None]:
     def write(tmp: Path) -> None:
         frame.to_csv(tmp, index=False)
 
@@ -205,9 +205,9 @@ def write_evaluation(
     """Write the five result files of one evaluation run all-or-nothing (``metrics.json`` last)."""
     validate_long(long, LONG_FILE)
     writers = {
-        PER_EDIT_FILE: _csv_writer(per_edit),
-        CURVE_FILE: _csv_writer(curve),
-        LONG_FILE: _csv_writer(long),
+        PER_EDIT_FILE: csv_writer(per_edit),
+        CURVE_FILE: csv_writer(curve),
+        LONG_FILE: csv_writer(long),
         RUNINFO_FILE: json_writer(dict(runinfo)),
         METRICS_FILE: json_writer(dict(summary)),
     }

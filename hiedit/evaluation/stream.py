@@ -295,6 +295,50 @@ class StateFolder:
             self.folder.rmdir()
 
 
+@dataclass
+class SavedProgress:
+    """What a stream's state folder holds: the stream so far, readable while it still runs.
+
+    ``per_edit``: the edit log of the first ``done`` records (the ``per_edit.csv`` columns that
+    exist before the final scoring); ``curve``: the checkpoints already scored (``curve.csv``'s
+    columns but for a metric undefined at every point so far; the point at ``total`` comes from
+    the final scoring, so it is never here).
+    """
+
+    done: int
+    total: int
+    per_edit: pd.DataFrame
+    curve: pd.DataFrame
+    saved_at: float  # when progress.pt was written (seconds since the epoch)
+
+
+def read_saved_progress(state_dir: str | os.PathLike[str]) -> SavedProgress:
+    """The progress of a running or interrupted stream from its state folder, without resuming it
+    (nothing is changed there). Raises :class:`CheckpointMismatchError` naming the file when the
+    folder holds no saved progress or one of another state version."""
+    import pandas as pd
+    import torch
+
+    path = Path(state_dir) / PROGRESS_FILE
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{path}: no saved stream progress here")
+    progress = torch.load(path, map_location="cpu", weights_only=True)
+    if progress.get("version") != STATE_VERSION:
+        raise CheckpointMismatchError(
+            f"{path}: state version {progress.get('version')}, expected {STATE_VERSION}"
+        )
+    curve = pd.DataFrame(progress["curve"])
+    if curve.empty:
+        curve = pd.DataFrame(columns=["n_edits", "n_scored"])
+    return SavedProgress(
+        done=int(progress["done"]),
+        total=len(progress["fingerprint"]["records"]),
+        per_edit=pd.DataFrame(progress["per_edit"]),
+        curve=curve,
+        saved_at=path.stat().st_mtime,
+    )
+
+
 def _rss_mib() -> float:
     """This process's resident memory now (MiB): logged per edit, so growth shows along a stream."""
     import psutil
