@@ -95,6 +95,7 @@ class EvaluationConfig:
     curve_sample: int
     batch_size: int
     static_k_modules: tuple[str, ...]
+    final_sample: int
 
 
 SECTION_TYPES = {"editor": EditorConfig, "training": TrainingConfig, "evaluation": EvaluationConfig}

@@ -101,6 +101,7 @@ def tiny_job(variant: str = "hiedit", **sections: dict[str, Any]) -> dict[str, A
             "curve_sample": 2,
             "batch_size": 4,
             "static_k_modules": [],
+            "final_sample": 0,
         },
     }
     from hiedit import registry

@@ -19,6 +19,7 @@ from hiedit.evaluation.stream import (
     read_saved_progress,
     run_edits_only,
     run_stream,
+    whole_stream_sample,
 )
 from hiedit.models import load_model
 
@@ -176,6 +177,54 @@ def test_num_pre_is_scaled_to_a_short_stream():
     assert result.n_edits == 3 and result.num_pre == 3
     assert result.metrics["retention_efficacy"] == pytest.approx(result.metrics["efficacy"])
     assert result.curve["n_edits"].tolist() == [2, 3]
+
+
+def test_a_final_sample_scores_only_what_the_numbers_need():
+    records = _records(30)
+    full_settings = _settings(n_edits=30, num_pre=4, n_curve_points=3, curve_sample=4)
+    full, _ = _run(records, full_settings)
+    sampled_settings = _settings(
+        n_edits=30, num_pre=4, n_curve_points=3, curve_sample=4, final_sample=6
+    )
+    sampled, n_calls = _run(records, sampled_settings)
+    assert n_calls == sampled.n_forwards < full.n_forwards
+
+    whole = whole_stream_sample(30, 6, seed=0)
+    assert len(whole) == 6 and whole == whole_stream_sample(30, 6, seed=0)
+    needed = set(whole) | set(range(4))
+    for point in (10, 20, 30):
+        needed |= set(curve_sample_indices(point, 4, seed=0))
+    columns = metric_columns("zsre")
+    per_edit, reference = sampled.per_edit, full.per_edit
+    scored = per_edit["efficacy"].notna()
+    assert set(per_edit.index[scored]) == needed and len(needed) < 30
+    # the edits are those of the full run, so every scored value is the full run's
+    assert per_edit.loc[scored, columns].equals(reference.loc[scored, columns])
+    assert per_edit["whole_stream_sample"].tolist() == [i in whole for i in range(30)]
+    # the curve and retention are exactly a full run's; the whole-stream metrics are over the sample
+    assert sampled.curve.equals(full.curve)
+    for name in ("efficacy", "generalization", "specificity"):
+        assert sampled.metrics[f"retention_{name}"] == full.metrics[f"retention_{name}"]
+        assert sampled.metrics[name] == pytest.approx(reference[name][whole].mean())
+        assert sampled.metrics[f"unedited_{name}"] == pytest.approx(
+            reference[f"unedited_{name}"][whole].mean()
+        )
+    assert sampled.whole_stream_scored == 6 and full.whole_stream_scored == 30
+
+
+def test_a_sampled_stream_resumes_to_identical_metrics(tmp_path):
+    records = _records(12)
+    settings = _settings(n_edits=12, final_sample=3)
+    reference, _ = _run(records, settings)
+    state = tmp_path / "state"
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        _run(records, settings, state_dir=state, fail_after=5)
+    resumed, _ = _run(records, settings, state_dir=state)
+    assert resumed.resumed_from == 4
+    assert resumed.metrics == reference.metrics
+    assert resumed.curve.equals(reference.curve)
+    columns = metric_columns("zsre") + ["whole_stream_sample"]
+    assert resumed.per_edit[columns].equals(reference.per_edit[columns])
 
 
 def test_interrupted_stream_resumes_to_identical_metrics(tmp_path):

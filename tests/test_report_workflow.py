@@ -160,7 +160,7 @@ def test_report_rules_on_synthetic_upstream_files(workflow_copy):
     assert "Table 1 \\u2014 main results on tiny-llama / geofacts-zsre" in html
 
 
-def with_long_stream(workdir: Path) -> None:
+def with_long_stream(workdir: Path, final_sample: int = 0) -> None:
     """Give the copied smoke setup a long stream of 40 edits for hiedit and rledit."""
     path = workdir / "config.yaml"
     config = yaml.safe_load(path.read_text())
@@ -169,6 +169,7 @@ def with_long_stream(workdir: Path) -> None:
         "variants": ["hiedit", "rledit"],
         "seeds": [0],
         "n_edits": 40,
+        **({"final_sample": final_sample} if final_sample else {}),
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -186,12 +187,18 @@ def test_long_stream_target_lists_its_runs_and_figure(workflow_copy):
     assert jobs and int(jobs[1]) == 2 * len(models), dry.stdout[-2000:]  # hiedit and rledit
     # 40 edits: windows of 4 (at least ten windows).
     assert "report long-stream" in dry.stdout and "--window 4 " in dry.stdout
+    assert "score_unedited" in dry.stdout and " --unedited " in dry.stdout
     # The default target leaves the long stream out.
     assert "evaluate_long" not in snakemake(workflow_copy, "-n").stdout
+    # With a final sample each long job scores the unedited model on its own sample.
+    with_long_stream(workflow_copy, final_sample=10)
+    dry = snakemake(workflow_copy, "-n", "-p", targets=["long_stream"])
+    assert "evaluate_long" in dry.stdout
+    assert "score_unedited" not in dry.stdout and " --unedited " not in dry.stdout
 
 
 def test_smoke_setup_builds_the_report(workflow_copy):
-    with_long_stream(workflow_copy)
+    with_long_stream(workflow_copy, final_sample=10)
     # Minutes on an idle machine; the cap leaves room for two cores shared with other work.
     snakemake(workflow_copy, "--cores", "2", targets=["all", "long_stream"], timeout=5400)
     report = workflow_copy / "report.zip"

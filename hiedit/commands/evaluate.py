@@ -3,7 +3,9 @@
 ``python -m hiedit evaluate --run-config JSON_OR_FILE --eval-data EVAL.parquet
 (--checkpoint editor.pt | --untrained) --out-dir DIR [--resume-dir DIR]`` writes into ``DIR``:
 
-* ``metrics.json``: ``model, dataset, variant, seed, n_edits, num_pre`` and one key per metric
+* ``metrics.json``: ``model, dataset, variant, seed, n_edits, num_pre, whole_stream_scored``
+  (the records the whole-stream metrics average over: all, or evaluation.final_sample) and one
+  key per metric
   (flat): ``efficacy, generalization, specificity, specificity_agreement`` (+ ``*_prob`` for
   CounterFact), ``retention_efficacy, retention_generalization, retention_specificity``, and the
   unedited model's values on the same records as ``unedited_<metric>`` (``unedited_efficacy``,

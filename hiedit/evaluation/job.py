@@ -256,6 +256,7 @@ def write_results(
             **identity,
             "n_edits": result.n_edits,
             "num_pre": result.num_pre,
+            "whole_stream_scored": result.whole_stream_scored,
             **result.metrics,
         },
         long=long_table(job, result),

@@ -15,6 +15,13 @@ Order of work (docs/method.md §8):
 4. After the stream, score all ``T`` records once, batched (O(T) forwards in all). **Retention**
    is the mean over the first ``min(num_pre, T)`` records of that final scoring.
 
+With ``final_sample`` = F (0 < F < T), steps 1 and 4 score only the records that some number
+needs: the first ``num_pre`` (retention, exact), every curve sample (so the curve is that of a full
+run) and a seeded uniform sample of F of the T records, over which the whole-stream metrics are
+averaged (an unbiased estimate at a fixed cost, for streams whose O(T) scoring would cost as much
+as the edits). ``per_edit`` then leaves the metric columns of the other records empty and marks the
+uniform sample in ``whole_stream_sample``.
+
 With a state folder the stream saves the editor state, the progress (per-edit log, curve points,
 unedited scores) and the random number generator states every ``save_every`` edits, whenever
 ``save_interval`` seconds have passed since the last save (a time budget: the number of saves
@@ -96,6 +103,7 @@ class StreamSettings:
     save_interval: float = 0.0
     save_time_fraction: float = 0.05
     max_length: int | None = None
+    final_sample: int = 0  # 0: score every record; F: see the module docstring
 
     @classmethod
     def from_job_config(
@@ -112,11 +120,12 @@ class StreamSettings:
             seed=job.seed,
             save_every=save_every,
             save_interval=save_interval,
+            final_sample=evaluation.final_sample,
         )
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change results (the save schedule does not)."""
-        return {
+        fingerprint = {
             "n_edits": self.n_edits,
             "num_pre": self.num_pre,
             "n_curve_points": self.n_curve_points,
@@ -125,6 +134,9 @@ class StreamSettings:
             "seed": self.seed,
             "max_length": self.max_length,
         }
+        if self.final_sample:  # absent when off, so earlier state folders still resume
+            fingerprint["final_sample"] = self.final_sample
+        return fingerprint
 
 
 @dataclass
@@ -132,7 +144,8 @@ class StreamResult:
     """Everything one stream produced.
 
     ``metrics``: the edited model's summary after the stream (``efficacy``, …), ``retention_*``
-    and the unedited model's ``unedited_*`` on the same records; ``per_edit``: one row per edit
+    and the unedited model's ``unedited_*`` on the same records (``whole_stream_scored`` of them:
+    all ``n_edits``, or the ``final_sample``); ``per_edit``: one row per edit
     (index, record_id, relation, selected, seconds, wall_seconds, ``<phase>_seconds`` where the
     editor reports its phases, the record's metric values after
     the stream, and its ``unedited_*`` values); ``curve``: one row per checkpoint (n_edits,
@@ -148,6 +161,7 @@ class StreamResult:
     per_edit: pd.DataFrame
     curve: pd.DataFrame
     n_forwards: int
+    whole_stream_scored: int = 0  # records the whole-stream metrics average over
     resumed_from: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     state_saves: int = 0  # saves of the stream state made by this process
@@ -174,6 +188,17 @@ def curve_sample_indices(n_done: int, size: int, seed: int) -> list[int]:
 
     rng = np.random.default_rng([seed, n_done])
     picked = rng.choice(n_done, size=min(size, n_done), replace=False)
+    return sorted(int(i) for i in picked)
+
+
+def whole_stream_sample(total: int, size: int, seed: int) -> list[int]:
+    """The seeded uniform sample (sorted) of ``min(size, total)`` of a stream's ``total`` records
+    that the whole-stream metrics average over under ``final_sample`` (drawn apart from the
+    curve samples)."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, total, 1])
+    picked = rng.choice(total, size=min(size, total), replace=False)
     return sorted(int(i) for i in picked)
 
 
@@ -425,6 +450,17 @@ class _Stream:
         self.per_call = max(1, int(getattr(editor, "edits_per_step", 1)))
         self.total = len(self.stream)
         self.checkpoints = curve_checkpoints(self.total, settings.n_curve_points)
+        # The records scored before and after the stream (all, or those some number needs).
+        self.sampled = 0 < settings.final_sample < self.total
+        if self.sampled:
+            self.whole = whole_stream_sample(self.total, settings.final_sample, settings.seed)
+            needed = set(self.whole) | set(range(min(settings.num_pre, self.total)))
+            for point in self.checkpoints:
+                needed.update(curve_sample_indices(point, settings.curve_sample, settings.seed))
+            self.scored = sorted(needed)
+        else:
+            self.whole = self.scored = list(range(self.total))
+        self.position = {index: row for row, index in enumerate(self.scored)}
         self.columns = metric_columns(self.stream[0].format)
         self.score = _scorer(model, tokenizer, settings, progress)
         self.folder: StateFolder | None = None
@@ -460,14 +496,30 @@ class _Stream:
             log.info("resuming the stream after %d of %d edits", self.done, self.total)
             return
         reused = unedited is not None and len(unedited.frame) == self.total
+        if reused and self.sampled:  # a full scoring of the stream: keep the rows needed here
+            unedited = Scores(
+                unedited.frame.iloc[self.scored].reset_index(drop=True),
+                unedited.reference.subset(self.scored),
+                unedited.n_forwards,
+            )
         if not reused:
-            unedited = self.score(self.stream, None, "scoring unedited")
+            unedited = self.score(self.scored_records(), None, "scoring unedited")
         self.unedited = unedited
         self.unedited_seconds = time.perf_counter() - self.started
         self.unedited_table = _score_frame(unedited)
         self.unedited_reference = unedited.reference
         self.n_forwards = 0 if reused else unedited.n_forwards
         self.save()
+
+    def scored_records(self) -> list[EditRecord]:
+        return [self.stream[i] for i in self.scored]
+
+    def full_length(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A frame of the scored records as one row per stream record (others empty)."""
+        frame = frame.reset_index(drop=True)
+        if not self.sampled:
+            return frame
+        return frame.set_axis(self.scored).reindex(range(self.total)).reset_index(drop=True)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -536,7 +588,7 @@ class _Stream:
         sample = curve_sample_indices(self.done, self.settings.curve_sample, self.settings.seed)
         scores = self.score(
             [self.stream[i] for i in sample],
-            self.unedited_reference.subset(sample),
+            self.unedited_reference.subset([self.position[i] for i in sample]),
             f"curve at {self.done}",
             bar=False,  # short, and would interleave with the stream's bar
         )
@@ -575,8 +627,9 @@ class _Stream:
         """The final O(T) scoring, the last curve point, and the metrics and tables."""
         import pandas as pd
 
-        final = self.score(self.stream, self.unedited_reference, "scoring edited")
+        final = self.score(self.scored_records(), self.unedited_reference, "scoring edited")
         self.n_forwards += final.n_forwards
+        edited = self.full_length(final.frame)
         if self.total in self.checkpoints:
             sample = curve_sample_indices(
                 self.total, self.settings.curve_sample, self.settings.seed
@@ -585,19 +638,21 @@ class _Stream:
                 {
                     "n_edits": self.total,
                     "n_scored": len(sample),
-                    **summarize(final.frame.iloc[sample], self.columns),
+                    **summarize(edited.iloc[sample], self.columns),
                 }
             )
-        unedited = pd.DataFrame(self.unedited_table)
+        unedited = self.full_length(pd.DataFrame(self.unedited_table))
         per_edit = pd.concat(
             [
                 pd.DataFrame(self.edit_log),
-                final.frame.reset_index(drop=True),
+                edited,
                 unedited[self._unedited_columns()].add_prefix("unedited_"),
             ],
             axis=1,
         )
-        metrics = self._metrics(final.frame, unedited)
+        if self.sampled:
+            per_edit["whole_stream_sample"] = per_edit.index.isin(self.whole)
+        metrics = self._metrics(edited, unedited)
         log.info(
             "stream of %d edits: efficacy %.4f, generalization %.4f, specificity %.4f",
             self.total,
@@ -612,6 +667,7 @@ class _Stream:
             per_edit=per_edit,
             curve=pd.DataFrame(self.curve_rows, columns=["n_edits", "n_scored", *self.columns]),
             n_forwards=self.n_forwards,
+            whole_stream_scored=len(self.whole),
             resumed_from=self.resumed_from,
             seconds=self._seconds(per_edit),
             state_saves=0 if self.folder is None else self.folder.saves,
@@ -625,9 +681,11 @@ class _Stream:
 
     def _metrics(self, final: pd.DataFrame, unedited: pd.DataFrame) -> dict[str, float]:
         num_pre = min(self.settings.num_pre, self.total)
-        metrics = summarize(final, self.columns)
+        metrics = summarize(final.iloc[self.whole], self.columns)
         metrics.update(prefixed(summarize(final.iloc[:num_pre], RETENTION_METRICS), "retention_"))
-        metrics.update(prefixed(summarize(unedited, self._unedited_columns()), "unedited_"))
+        metrics.update(
+            prefixed(summarize(unedited.iloc[self.whole], self._unedited_columns()), "unedited_")
+        )
         metrics.update(
             prefixed(summarize(unedited.iloc[:num_pre], RETENTION_METRICS), "unedited_retention_")
         )

@@ -104,7 +104,7 @@ def long_run_config(wildcards):
     job = json.loads(run_config(wildcards))
     stream = SETUP["long_stream"]
     job["evaluation"]["n_edits"] = stream["n_edits"]
-    for key in ("n_curve_points", "curve_sample"):
+    for key in ("n_curve_points", "curve_sample", "final_sample"):
         if key in stream:
             job["evaluation"][key] = stream[key]
     return json.dumps(job, sort_keys=True)

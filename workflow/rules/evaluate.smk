@@ -68,9 +68,12 @@ rule evaluate:
         out_dir=subpath(output.metrics, parent=True),
         editor=editor_flag,
         stats=stats_flag,
+        unedited=lambda w, input: (
+            f"--unedited {input.unedited}" if input.unedited else ""
+        ),
     shell:
         "python -m hiedit evaluate --run-config {input.cfg} --eval-data {input.eval}"
-        " {params.editor} {params.stats} --unedited {input.unedited} --out-dir {params.out_dir}"
+        " {params.editor} {params.stats} {params.unedited} --out-dir {params.out_dir}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -106,11 +109,16 @@ use rule evaluate as evaluate_long with:
         model=lambda w: model_inputs(w.model),
         eval=rules.prepare_data.output.eval,
         editor=checkpoint_of,
-        unedited=lambda w: expand(
-            rules.score_unedited.output.scores,
-            model=w.model,
-            dataset=w.dataset,
-            n_edits=SETUP["long_stream"]["n_edits"],
+        # With a final_sample each job scores the unedited model on its own sample instead.
+        unedited=lambda w: (
+            []
+            if SETUP["long_stream"].get("final_sample")
+            else expand(
+                rules.score_unedited.output.scores,
+                model=w.model,
+                dataset=w.dataset,
+                n_edits=SETUP["long_stream"]["n_edits"],
+            )
         ),
         cfg=rules.write_long_run_config.output[0],
         stats=stats_of,
