@@ -26,6 +26,14 @@ file gains an entry with the given command and what those runs recorded. The fig
 committed: rerun the whole study to regenerate them.
 
     python study/collect.py --merge "snakemake --cores 2 --config setup=study -- <targets>"
+
+With ``--long-stream`` it collects the long stream (``snakemake --config setup=study
+long_stream``) into ``--out`` instead: each run's metrics, curve and a compressed per-edit cost log
+(index, wall and editor seconds, resident memory, modules chosen), Figure 8 and its tables, the
+long jobs' wall times and their provenance.
+
+    python study/collect.py --long-stream --out study/long_stream \
+        --command "snakemake --cores 2 --config setup=study long_stream"
 """
 
 from __future__ import annotations
@@ -71,10 +79,10 @@ def job_seconds(results: Path) -> list[dict]:
     return rows
 
 
-def provenance(results: Path, command: str = COMMAND) -> dict:
+def provenance(results: Path, command: str = COMMAND, runs: str = "eval") -> dict:
     """Command, commits and versions recorded by the evaluation runs (they must agree)."""
     commits, versions, device = set(), {}, None
-    for info in sorted((results / "eval").rglob("runinfo.json")):
+    for info in sorted((results / runs).rglob("runinfo.json")):
         data = json.loads(info.read_text())
         source = data.get("source") or {}
         commits.add(
@@ -235,6 +243,48 @@ def merge(
     return names
 
 
+# The per-edit columns kept for the long stream: its cost along the stream, not its scores (those
+# are summarised in metrics and curve).
+LONG_COST_COLUMNS = ["index", "wall_seconds", "seconds", "rss_mib", "n_selected", "selected"]
+
+
+def collect_long_stream(results: Path, out: Path, command: str) -> list[str]:
+    """The long stream's small outputs into ``out`` (module docstring); returns what it wrote."""
+    import pandas as pd
+
+    written = []
+    long = results / "long"
+    for metrics in sorted(long.rglob("metrics.json")):
+        run = metrics.parent
+        dest = out / run.relative_to(long)
+        for name in ("metrics.json", "metrics_long.csv", "curve.csv", "runinfo.json"):
+            if (run / name).is_file():
+                copy(run / name, dest / name)
+                written.append(str(dest / name))
+        per_edit = pd.read_csv(run / "per_edit.csv", usecols=LONG_COST_COLUMNS)
+        per_edit.to_csv(dest / "per_edit_cost.csv.gz", index=False)
+        written.append(str(dest / "per_edit_cost.csv.gz"))
+    for path in sorted((results / "report").glob("figure8_long_stream*")):
+        copy(path, out / "report" / path.name)
+        written.append(str(out / "report" / path.name))
+    rows = [
+        row
+        for row in job_seconds(results)
+        if row["rule"] in {"evaluate_long", "train_editor", "prepare_data"}
+    ]
+    if rows:
+        with (out / "job_seconds.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        written.append(str(out / "job_seconds.csv"))
+    (out / "provenance.json").write_text(
+        json.dumps(provenance(results, command, runs="long"), indent=1) + "\n"
+    )
+    written.append(str(out / "provenance.json"))
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results/study"))
@@ -245,6 +295,11 @@ def main() -> None:
         help="add the complete runs under --results to --out; COMMAND is what produced them",
     )
     parser.add_argument(
+        "--long-stream",
+        action="store_true",
+        help="collect the long stream's runs (results/<setup>/long) instead of the study's",
+    )
+    parser.add_argument(
         "--config", type=Path, default=Path("config.yaml"), help="the models' candidate modules"
     )
     parser.add_argument(
@@ -252,6 +307,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     results, out = args.results, args.out
+    if args.long_stream:
+        for name in collect_long_stream(results, out, args.command):
+            print(f"wrote {name}")
+        return
     if args.merge:
         for name in merge(results, out, args.merge, args.config):
             print(f"merged {name}")
