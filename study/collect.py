@@ -30,7 +30,9 @@ committed: rerun the whole study to regenerate them.
 With ``--long-stream`` it collects the long stream (``snakemake --config setup=study
 long_stream``) into ``--out`` instead: each run's metrics, curve and a compressed per-edit cost log
 (index, wall and editor seconds, resident memory, modules chosen), Figure 8 and its tables, the
-long jobs' wall times and their provenance.
+long jobs' wall times and their provenance, and ``intervals.csv``: each final metric's mean with a
+95 % normal interval over the scored records, and the paired difference of the first two
+variants on the same records (record-to-record spread within one seed, not across seeds).
 
     python study/collect.py --long-stream --out study/long_stream \
         --command "snakemake --cores 2 --config setup=study long_stream"
@@ -248,22 +250,82 @@ def merge(
 LONG_COST_COLUMNS = ["index", "wall_seconds", "seconds", "rss_mib", "n_selected", "selected"]
 
 
+# Final metrics of the long stream: (name, per-edit column, rows: the whole-stream sample or the
+# first num_pre records).
+LONG_METRICS = [
+    ("efficacy", "efficacy", "whole"),
+    ("generalization", "generalization", "whole"),
+    ("specificity", "specificity", "whole"),
+    ("specificity_agreement_correct", "specificity_agreement_correct", "whole"),
+    ("specificity_kl", "specificity_kl", "whole"),
+    ("retention_efficacy", "efficacy", "first"),
+]
+
+
+def _normal_interval(values: pd.Series) -> tuple[float, float, int]:
+    values = values.dropna()
+    n = len(values)
+    half = 1.96 * float(values.std(ddof=1)) / n**0.5 if n > 1 else float("nan")
+    return float(values.mean()), half, n
+
+
+def long_stream_intervals(runs: dict[str, pd.DataFrame], num_pre: int) -> pd.DataFrame:
+    """``intervals.csv`` (module docstring) from each variant's full ``per_edit.csv``."""
+    import pandas as pd
+
+    def rows_of(frame: pd.DataFrame, rows: str) -> pd.DataFrame:
+        if rows == "first":
+            return frame.iloc[:num_pre]
+        if "whole_stream_sample" in frame:
+            return frame[frame["whole_stream_sample"]]
+        return frame
+
+    out = []
+    for variant, frame in runs.items():
+        for name, column, rows in LONG_METRICS:
+            for who, prefix in ((variant, ""), ("unedited model", "unedited_")):
+                if prefix + column not in frame:
+                    continue
+                mean, half, n = _normal_interval(rows_of(frame, rows)[prefix + column])
+                out.append({"run": who, "metric": name, "mean": mean, "half_width": half, "n": n})
+    names = list(runs)
+    if len(names) >= 2:
+        a, b = runs[names[0]], runs[names[1]]
+        for name, column, rows in LONG_METRICS:
+            if column in a and column in b:
+                diff = rows_of(a, rows)[column] - rows_of(b, rows)[column]
+                mean, half, n = _normal_interval(diff)
+                run = f"{names[0]} - {names[1]}"
+                out.append({"run": run, "metric": name, "mean": mean, "half_width": half, "n": n})
+    table = pd.DataFrame(out).drop_duplicates(subset=["run", "metric"])
+    return table.reset_index(drop=True)
+
+
 def collect_long_stream(results: Path, out: Path, command: str) -> list[str]:
     """The long stream's small outputs into ``out`` (module docstring); returns what it wrote."""
     import pandas as pd
 
     written = []
     long = results / "long"
+    runs, num_pre = {}, None
     for metrics in sorted(long.rglob("metrics.json")):
         run = metrics.parent
         dest = out / run.relative_to(long)
+        num_pre = json.loads(metrics.read_text())["num_pre"]
         for name in ("metrics.json", "metrics_long.csv", "curve.csv", "runinfo.json"):
             if (run / name).is_file():
                 copy(run / name, dest / name)
                 written.append(str(dest / name))
-        per_edit = pd.read_csv(run / "per_edit.csv", usecols=LONG_COST_COLUMNS)
-        per_edit.to_csv(dest / "per_edit_cost.csv.gz", index=False)
+        per_edit = pd.read_csv(run / "per_edit.csv")
+        per_edit[LONG_COST_COLUMNS].to_csv(dest / "per_edit_cost.csv.gz", index=False)
         written.append(str(dest / "per_edit_cost.csv.gz"))
+        runs[run.relative_to(long).parts[2]] = per_edit  # model/dataset/variant/seed
+    if runs:
+        # hiedit first, so the difference reads hiedit - rledit
+        order = sorted(runs, key=lambda v: (v != "hiedit", v))
+        table = long_stream_intervals({v: runs[v] for v in order}, num_pre)
+        table.to_csv(out / "intervals.csv", index=False, float_format="%.6g")
+        written.append(str(out / "intervals.csv"))
     for path in sorted((results / "report").glob("figure8_long_stream*")):
         copy(path, out / "report" / path.name)
         written.append(str(out / "report" / path.name))
