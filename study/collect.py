@@ -31,7 +31,7 @@ With ``--long-stream`` it collects the long stream (``snakemake --config setup=s
 long_stream``) into ``--out`` instead: each run's metrics, curve and a compressed per-edit cost log
 (index, wall and editor seconds, resident memory, modules chosen), Figure 8 and its tables, the
 long jobs' wall times and their provenance, and ``intervals.csv``: each final metric's mean with a
-95 % normal interval over the scored records, and the paired difference of the first two
+95 % Student-t interval over the scored records, and the paired difference of the first two
 variants on the same records (record-to-record spread within one seed, not across seeds).
 
     python study/collect.py --long-stream --out study/long_stream \
@@ -79,6 +79,14 @@ def job_seconds(results: Path) -> list[dict]:
             }
         )
     return rows
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    """``rows`` (dicts with the same keys) as a CSV file."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def provenance(results: Path, command: str = COMMAND, runs: str = "eval") -> dict:
@@ -262,16 +270,21 @@ LONG_METRICS = [
 ]
 
 
-def _normal_interval(values: pd.Series) -> tuple[float, float, int]:
-    values = values.dropna()
-    n = len(values)
-    half = 1.96 * float(values.std(ddof=1)) / n**0.5 if n > 1 else float("nan")
-    return float(values.mean()), half, n
-
-
 def long_stream_intervals(runs: dict[str, pd.DataFrame], num_pre: int) -> pd.DataFrame:
     """``intervals.csv`` (module docstring) from each variant's full ``per_edit.csv``."""
     import pandas as pd
+
+    from hiedit.reporting.tables import mean_interval
+
+    def interval_row(run: str, metric: str, values: pd.Series) -> dict:
+        found = mean_interval(values.dropna().tolist())
+        return {
+            "run": run,
+            "metric": metric,
+            "mean": found.mean,
+            "half_width": found.half_width,
+            "n": found.n,
+        }
 
     def rows_of(frame: pd.DataFrame, rows: str) -> pd.DataFrame:
         if rows == "first":
@@ -286,17 +299,14 @@ def long_stream_intervals(runs: dict[str, pd.DataFrame], num_pre: int) -> pd.Dat
             for who, prefix in ((variant, ""), ("unedited model", "unedited_")):
                 if prefix + column not in frame:
                     continue
-                mean, half, n = _normal_interval(rows_of(frame, rows)[prefix + column])
-                out.append({"run": who, "metric": name, "mean": mean, "half_width": half, "n": n})
+                out.append(interval_row(who, name, rows_of(frame, rows)[prefix + column]))
     names = list(runs)
     if len(names) >= 2:
         a, b = runs[names[0]], runs[names[1]]
         for name, column, rows in LONG_METRICS:
             if column in a and column in b:
                 diff = rows_of(a, rows)[column] - rows_of(b, rows)[column]
-                mean, half, n = _normal_interval(diff)
-                run = f"{names[0]} - {names[1]}"
-                out.append({"run": run, "metric": name, "mean": mean, "half_width": half, "n": n})
+                out.append(interval_row(f"{names[0]} - {names[1]}", name, diff))
     table = pd.DataFrame(out).drop_duplicates(subset=["run", "metric"])
     return table.reset_index(drop=True)
 
@@ -319,7 +329,10 @@ def collect_long_stream(results: Path, out: Path, command: str) -> list[str]:
         per_edit = pd.read_csv(run / "per_edit.csv")
         per_edit[LONG_COST_COLUMNS].to_csv(dest / "per_edit_cost.csv.gz", index=False)
         written.append(str(dest / "per_edit_cost.csv.gz"))
-        runs[run.relative_to(long).parts[2]] = per_edit  # model/dataset/variant/seed
+        variant = run.relative_to(long).parts[2]  # model/dataset/variant/seed
+        if variant in runs:
+            raise SystemExit(f"{run}: intervals.csv compares one long run per variant, found two")
+        runs[variant] = per_edit
     if runs:
         # hiedit first, so the difference reads hiedit - rledit
         order = sorted(runs, key=lambda v: (v != "hiedit", v))
@@ -335,10 +348,7 @@ def collect_long_stream(results: Path, out: Path, command: str) -> list[str]:
         if row["rule"] in {"evaluate_long", "train_editor", "prepare_data"}
     ]
     if rows:
-        with (out / "job_seconds.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(rows, out / "job_seconds.csv")
         written.append(str(out / "job_seconds.csv"))
     (out / "provenance.json").write_text(
         json.dumps(provenance(results, command, runs="long"), indent=1) + "\n"
@@ -392,10 +402,7 @@ def main() -> None:
         copy(path, out / "validation" / path.relative_to(editors))
     rows = job_seconds(results)
     if rows:
-        with (out / "job_seconds.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(rows, out / "job_seconds.csv")
     (out / "provenance.json").write_text(
         json.dumps(provenance(results, args.command), indent=1) + "\n"
     )
